@@ -1,0 +1,157 @@
+"""One typed settings object, read once from the environment (and `.env`) and passed down."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Self
+
+from shared.money import usd_to_nusd
+
+DEFAULT_VAR_DIR = Path("var")
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse a minimal `.env` file: KEY=VALUE lines, `#` comments, optional quotes."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    return float(raw) if raw else default
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    return raw in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    port: int = 3000
+    host: str = "0.0.0.0"
+    database_url: str = ""
+    redis_url: str = ""
+    var_dir: Path = DEFAULT_VAR_DIR
+    catalog_path: str = ""
+    # Provider credentials and endpoints, keyed by lower-case provider name.
+    provider_keys: Mapping[str, str] = field(default_factory=dict)
+    provider_base_urls: Mapping[str, str] = field(default_factory=dict)
+    minimal_fund_nusd: int = usd_to_nusd(Decimal("0.01"))
+    ntfy_error_url: str = ""
+    cache_ttl_s: int = 300
+    balance_cache_ttl_s: int = 60
+    rate_limit_requests_per_minute: int = 60
+    admin_token: str = ""
+    supabase_url: str = ""
+    supabase_anon_key: str = ""
+    supabase_service_role_key: str = ""
+    supabase_jwt_secret: str = ""
+    max_body_bytes: int = 8 * 1024 * 1024
+    request_timeout_s: float = 300.0
+    worker_concurrency: int = 512
+    worker_metrics_port: int = 9101
+    billing_metrics_port: int = 9102
+    upstream_connect_timeout_s: float = 10.0
+    upstream_first_byte_timeout_s: float = 60.0
+    upstream_idle_timeout_s: float = 60.0
+    log_level: str = "info"
+    log_format: str = "auto"  # auto | json | console
+    log_prompts: bool = False
+    # Identifies this process's reply channel; unique per API process.
+    process_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    demo_mode: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, dotenv: Path | None = None) -> Self:
+        """Build settings from `env` (default: `os.environ` over `.env` in the working directory)."""
+        if env is None:
+            merged = read_dotenv(dotenv or Path(".env"))
+            merged.update(os.environ)
+            env = merged
+        keys = {
+            name.removeprefix("API_KEY_").lower(): value
+            for name, value in env.items()
+            if name.startswith("API_KEY_") and value
+        }
+        base_urls = {
+            name.removeprefix("BASE_URL_").lower(): value.rstrip("/")
+            for name, value in env.items()
+            if name.startswith("BASE_URL_") and value
+        }
+        var_dir = Path(env.get("GATEWAY_VAR_DIR") or DEFAULT_VAR_DIR)
+        return cls(
+            port=_int(env, "PORT", 3000),
+            host=env.get("HOST", "0.0.0.0"),
+            database_url=env.get("DATABASE_URL", ""),
+            redis_url=env.get("REDIS_URL", ""),
+            var_dir=var_dir,
+            catalog_path=env.get("CATALOG_PATH", ""),
+            provider_keys=keys,
+            provider_base_urls=base_urls,
+            minimal_fund_nusd=usd_to_nusd(Decimal(env.get("MINIMAL_FUND") or "0.01")),
+            ntfy_error_url=env.get("NTFY_ERROR_URL", ""),
+            cache_ttl_s=_int(env, "CACHE_TTL_SECONDS", 300),
+            balance_cache_ttl_s=_int(env, "BALANCE_CACHE_TTL_SECONDS", 60),
+            rate_limit_requests_per_minute=_int(env, "RATE_LIMIT_REQUESTS_PER_MINUTE", 60),
+            admin_token=env.get("ADMIN_TOKEN", ""),
+            supabase_url=env.get("SUPABASE_URL", "").rstrip("/"),
+            supabase_anon_key=env.get("SUPABASE_ANON_KEY", ""),
+            supabase_service_role_key=env.get("SUPABASE_SERVICE_ROLE_KEY", ""),
+            supabase_jwt_secret=env.get("SUPABASE_JWT_SECRET", ""),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", 8 * 1024 * 1024),
+            request_timeout_s=_float(env, "REQUEST_TIMEOUT_SECONDS", 300.0),
+            worker_concurrency=_int(env, "WORKER_CONCURRENCY", 512),
+            worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 9101),
+            billing_metrics_port=_int(env, "BILLING_METRICS_PORT", 9102),
+            upstream_connect_timeout_s=_float(env, "UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10.0),
+            upstream_first_byte_timeout_s=_float(env, "UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS", 60.0),
+            upstream_idle_timeout_s=_float(env, "UPSTREAM_IDLE_TIMEOUT_SECONDS", 60.0),
+            log_level=env.get("LOG_LEVEL", "info").lower(),
+            log_format=env.get("LOG_FORMAT", "auto").lower(),
+            log_prompts=_bool(env, "LOG_PROMPTS", False),
+            demo_mode=_bool(env, "GATEWAY_DEMO", False),
+        )
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured database, or the embedded SQLite file under `var/`."""
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        return f"sqlite+aiosqlite:///{(self.var_dir / 'gateway.db').resolve()}"
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the usual `postgres://` / `postgresql://` / `sqlite://` forms; use the async drivers."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url.removeprefix(prefix)
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
+    return url
