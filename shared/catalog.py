@@ -152,3 +152,14 @@ def load_catalog(path: str | Path = "") -> Catalog:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CatalogError(f"cannot read catalog {source}: {exc}") from exc
     return parse_catalog(data)
+
+
+def catalog_for(catalog_path: str, *, demo_base_url: str | None) -> Catalog:
+    """The configured catalog; in demo mode every model is served by the fake provider."""
+    catalog = load_catalog(catalog_path)
+    if demo_base_url:
+        demo = ProviderConfig(
+            name=DEMO_PROVIDER, adapter="openai", base_url=demo_base_url, key_env="API_KEY_FAKE"
+        )
+        return catalog.routed_to(demo)
+    return catalog

@@ -1,0 +1,36 @@
+"""Typed keys for what lives on the application and on each request."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.api.auth import Authenticator, Principal
+from services.api.admission import Admission
+from services.api.replies import ReplyHub
+from shared.catalog import Catalog
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+else:
+    from redis.asyncio import Redis
+
+SETTINGS = web.AppKey("settings", Settings)
+CATALOG = web.AppKey("catalog", Catalog)
+REDIS = web.AppKey("redis", Redis)
+SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
+AUTH = web.AppKey("auth", Authenticator)
+ADMISSION = web.AppKey("admission", Admission)
+REPLIES = web.AppKey("replies", ReplyHub)
+
+# Per request: set by the auth step of the chat route, read by logs and admission.
+PRINCIPAL_KEY = "gw_principal"
+REQUEST_ID_KEY = "gw_request_id"
+
+__all__ = [
+    "ADMISSION", "AUTH", "CATALOG", "PRINCIPAL_KEY", "REDIS", "REPLIES", "REQUEST_ID_KEY",
+    "SESSIONS", "SETTINGS", "Principal",
+]  # fmt: skip

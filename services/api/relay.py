@@ -1,0 +1,143 @@
+"""Relay a job's reply frames to the client, as one JSON body or as SSE.
+
+Frames carry sequence numbers; a gap, a broken subscription or silence past the
+request's deadline ends the request with a clean OpenAI-style error, never a hang. If
+the client goes away first (aiohttp cancels the handler), the workers are told on
+`gw:cancel` so the upstream call stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+
+from services.api.replies import FrameQueue
+from shared.errors import GatewayError, GatewayTimeout, ServiceUnavailable, error_from_dict
+from shared.messages import FrameKind, ReplyFrame
+from shared.money import format_usd
+from shared.redis import keys
+
+import orjson
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = structlog.get_logger("api.relay")
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+_background: set[asyncio.Task[Any]] = set()
+
+
+class FrameReader:
+    """Reads one request's frames in order, enforcing sequence and deadline."""
+
+    def __init__(self, queue: FrameQueue, deadline_ms: int) -> None:
+        self._queue = queue
+        self._deadline_ms = deadline_ms
+        self._expected_seq = 0
+        self._generation = 0
+        self.delivered = False  # something reached the client
+
+    async def next(self) -> ReplyFrame:
+        while True:
+            remaining_s = (self._deadline_ms - time.time_ns() // 1_000_000) / 1000
+            if remaining_s <= 0:
+                raise GatewayTimeout("The request timed out waiting for the provider.")
+            try:
+                frame = await asyncio.wait_for(self._queue.get(), remaining_s)
+            except TimeoutError:
+                raise GatewayTimeout("The request timed out waiting for the provider.") from None
+            if frame is None:
+                raise ServiceUnavailable("The gateway lost its reply channel; retry the request.")
+            if frame.generation < self._generation:
+                continue  # a late frame from a run that another worker took over
+            if frame.generation > self._generation:
+                if self.delivered and self._generation:
+                    raise ServiceUnavailable("The worker serving this stream stopped; retry the request.")
+                self._generation = frame.generation
+                self._expected_seq = 0
+            if frame.seq != self._expected_seq:
+                raise ServiceUnavailable("Part of the reply was lost; retry the request.")
+            self._expected_seq += 1
+            return frame
+
+
+def answer_headers(meta: Mapping[str, Any]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if "cost_nusd" in meta:
+        headers["x-gateway-cost"] = format_usd(int(meta["cost_nusd"]))
+    if meta.get("provider"):
+        headers["x-gateway-provider"] = str(meta["provider"])
+    return headers
+
+
+def frame_error(frame: ReplyFrame) -> GatewayError:
+    error = error_from_dict(int(frame.meta.get("status", 502)), orjson.loads(frame.payload))
+    error.headers = dict(frame.meta.get("headers") or {})
+    return error
+
+
+async def relay_json(
+    reader: FrameReader, headers: dict[str, str]
+) -> tuple[web.Response, Mapping[str, Any]]:
+    frame = await reader.next()
+    if frame.kind is FrameKind.ERROR:
+        raise frame_error(frame)
+    if frame.kind is not FrameKind.RESPONSE:
+        raise ServiceUnavailable("The worker sent an unexpected reply.")
+    headers.update(answer_headers(frame.meta))
+    reader.delivered = True
+    return web.Response(body=frame.payload, content_type="application/json", headers=headers), frame.meta
+
+
+async def relay_sse(
+    request: web.Request, reader: FrameReader, headers: dict[str, str]
+) -> tuple[web.StreamResponse, Mapping[str, Any]]:
+    first = await reader.next()
+    if first.kind is FrameKind.ERROR:
+        raise frame_error(first)  # nothing sent yet: a plain HTTP error
+    response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+    await response.prepare(request)
+    frame = first
+    while True:
+        if frame.kind is FrameKind.ERROR:
+            await response.write(b"data: " + frame.payload + b"\n\n")
+            meta = frame.meta
+            break
+        if frame.payload:
+            await response.write(frame.payload)
+            reader.delivered = True
+        if frame.kind is FrameKind.DONE:
+            meta = frame.meta
+            break
+        try:
+            frame = await reader.next()
+        except GatewayError as exc:
+            await response.write(b"data: " + exc.to_body() + b"\n\n")
+            meta = {"status": exc.http_status, "error": exc.code}
+            break
+    await response.write_eof()
+    return response, meta
+
+
+def cancel_upstream(redis: Redis, request_id: str) -> None:
+    """Tell the workers this request's client is gone (fire and forget)."""
+    task = asyncio.create_task(_publish_cancel(redis, request_id))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _publish_cancel(redis: Redis, request_id: str) -> None:
+    try:
+        await redis.publish(keys.CANCEL_CHANNEL, request_id)
+    except Exception as exc:  # noqa: BLE001 - best effort; the deadline still ends the job
+        log.warning("cancel_publish_failed", error=type(exc).__name__)

@@ -1,0 +1,91 @@
+"""One pub/sub subscription per api process, shared by every request it serves.
+
+Workers publish frames to `gw:reply:{process_id}`; the hub decodes each frame's header
+and hands it to the queue registered for its request id. If the subscription breaks,
+frames may have been lost, so every waiting request is told at once (a `None` on its
+queue) rather than left to hang until its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+import structlog
+from redis.exceptions import RedisError
+
+from shared.messages import MessageError, ReplyFrame
+from shared.redis import keys
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = structlog.get_logger("api.replies")
+
+# None means "the subscription broke; frames may be lost".
+FrameQueue = asyncio.Queue[ReplyFrame | None]
+
+
+class ReplyHub:
+    def __init__(self, redis: Redis, process_id: str) -> None:
+        self._redis = redis
+        self.channel = keys.reply_channel(process_id)
+        self._waiting: dict[str, FrameQueue] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    def register(self, request_id: str) -> FrameQueue:
+        queue: FrameQueue = asyncio.Queue()
+        self._waiting[request_id] = queue
+        return queue
+
+    def unregister(self, request_id: str) -> None:
+        self._waiting.pop(request_id, None)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._waiting)
+
+    async def start(self, timeout_s: float = 10.0) -> None:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self.ready.wait(), timeout_s)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        backoff_s = 0.1
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self.ready.set()
+                backoff_s = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is not None:
+                        self._dispatch(message["data"])
+            except (RedisError, OSError) as exc:
+                self.ready.clear()
+                log.warning("reply_subscription_lost", error=str(exc), waiting=len(self._waiting))
+                for queue in self._waiting.values():
+                    queue.put_nowait(None)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 2.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _dispatch(self, raw: bytes) -> None:
+        try:
+            frame = ReplyFrame.decode(raw)
+        except MessageError as exc:
+            log.error("reply_frame_undecodable", error=str(exc))
+            return
+        queue = self._waiting.get(frame.request_id)
+        if queue is not None:
+            queue.put_nowait(frame)

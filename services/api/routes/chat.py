@@ -1,0 +1,76 @@
+"""POST /v1/chat/completions: authenticate, validate, admit, relay."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from services.api.admission import Admitted
+from services.api.appkeys import ADMISSION, AUTH, CATALOG, REDIS, REPLIES, REQUEST_ID_KEY
+from services.api.relay import FrameReader, cancel_upstream, relay_json, relay_sse
+from services.api.validation import parse_chat_body
+from shared.errors import GatewayError, ModelNotFound
+
+log = structlog.get_logger("api.chat")
+
+
+def rate_headers(admitted: Admitted) -> dict[str, str]:
+    return {
+        "x-ratelimit-limit-requests": str(admitted.rate_limit),
+        "x-ratelimit-remaining-requests": str(max(admitted.rate_remaining, 0)),
+        "x-ratelimit-reset-requests": f"{admitted.rate_reset_s:.3f}s",
+    }
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    app = request.app
+    principal = await app[AUTH].authenticate(request)
+    structlog.contextvars.bind_contextvars(user_id=principal.user_id, key_id=principal.key_id)
+    raw = await request.read()
+    body = parse_chat_body(raw)
+    model = app[CATALOG].find(body.model)
+    if model is None:
+        raise ModelNotFound(
+            f"The model '{body.model}' does not exist. GET /v1/models lists the models.",
+            param="model",
+        )
+
+    request_id: str = request[REQUEST_ID_KEY]
+    replies = app[REPLIES]
+    queue = replies.register(request_id)  # before the job exists, so no frame is missed
+    admitted: Admitted | None = None
+    finished = False
+    meta: Mapping[str, Any] = {}
+    try:
+        admitted = await app[ADMISSION].admit(principal, model, body, raw, request_id)
+        headers = {**rate_headers(admitted), "x-request-id": request_id}
+        reader = FrameReader(queue, admitted.job.deadline_ms)
+        try:
+            if body.stream:
+                response, meta = await relay_sse(request, reader, headers)
+            else:
+                response, meta = await relay_json(reader, headers)
+        except GatewayError as exc:
+            exc.headers = {**headers, **exc.headers}
+            raise
+        finished = True
+        return response
+    finally:
+        replies.unregister(request_id)
+        if admitted is not None and not finished:
+            cancel_upstream(app[REDIS], request_id)
+        log.info(
+            "request_finished",
+            model=body.model,
+            stream=body.stream,
+            provider=meta.get("provider"),
+            status=meta.get("status", 200 if finished else None),
+            cost_nusd=meta.get("cost_nusd"),
+            client_gone=admitted is not None and not finished,
+            latency_ms=round((time.perf_counter() - started) * 1000, 1),
+        )

@@ -1,0 +1,346 @@
+"""One job, start to finish: route, call with fallback, publish, and describe the outcome.
+
+`execute()` never raises for a provider or client problem: every ending (answer, error,
+client gone, deadline) becomes a reply frame for the api and a `CompletionEvent` for
+billing. The caller appends the event and acks the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+
+from services.worker import upstream
+from services.worker.fallback import first_success
+from services.worker.providers import REGISTRY
+from services.worker.providers.base import ChatRequest, Target
+from services.worker.publish import ReplyPublisher
+from services.worker.routing import ProviderAccess, candidates
+from shared.catalog import Catalog
+from shared.errors import (
+    GatewayError,
+    GatewayTimeout,
+    ProviderError,
+    ServiceUnavailable,
+)
+from shared.messages import Attempt, CompletionEvent, FrameKind, Job, Outcome, Usage
+from shared.redis import keys
+from shared.settings import Settings
+from shared.tokens import CHARS_PER_TOKEN, estimate_prompt_tokens
+
+if TYPE_CHECKING:
+    import aiohttp
+    from redis.asyncio import Redis
+
+log = structlog.get_logger("worker.job")
+
+_DONE = b"data: [DONE]\n\n"
+_SUPPORTED = frozenset(REGISTRY)
+
+
+@dataclass(slots=True)
+class WorkerDeps:
+    settings: Settings
+    redis: Redis
+    http: aiohttp.ClientSession
+    catalog: Catalog
+    access: Mapping[str, ProviderAccess]
+    timeouts: upstream.Timeouts
+
+
+@dataclass(slots=True)
+class JobState:
+    """What happened so far; becomes the completion event."""
+
+    started_ms: int
+    attempts: list[Attempt] = field(default_factory=list)
+    target: Target | None = None
+    usage: Usage | None = None
+    generated_chars: int = 0
+    committed: bool = False  # content reached the client: no more fallback
+    first_chunk_ms: int | None = None
+    error: GatewayError | None = None
+    usage_estimated: bool = False
+
+    def set_usage(self, reported: Usage | None, estimate: Usage) -> Usage:
+        """Keep the provider's usage; fall back to an estimate, and remember that."""
+        self.usage = reported if reported is not None else estimate
+        self.usage_estimated = reported is None
+        return self.usage
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def sse(obj: Mapping[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+async def execute(
+    deps: WorkerDeps, job: Job, *, cancel: asyncio.Event, generation: int = 1
+) -> CompletionEvent:
+    """Run a job to its end. `cancel` is set when the client went away."""
+    state = JobState(started_ms=now_ms())
+    publisher = ReplyPublisher(
+        deps.redis, keys.reply_channel(job.reply_to), job.request_id, generation
+    )
+    remaining_s = (job.deadline_ms - state.started_ms) / 1000
+    outcome = Outcome.OK
+    if remaining_s <= 0:
+        state.error = GatewayTimeout("The request expired in the queue before a worker took it.")
+        await _publish_error(publisher, state.error)
+        return _event(job, state, Outcome.ERROR)
+
+    work = asyncio.create_task(_serve(deps, job, state, publisher))
+    cancelled = asyncio.create_task(cancel.wait())
+    gone = asyncio.create_task(publisher.listener_gone.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {work, cancelled, gone}, timeout=remaining_s, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        cancelled.cancel()
+        gone.cancel()
+
+    if work in done:
+        exc = work.exception()
+        if exc is not None:
+            log.error("job_crashed", request_id=job.request_id, exc_info=exc)
+            state.error = ServiceUnavailable("The worker failed while serving this request.")
+            await _safe_publish_error(publisher, state.error)
+        outcome = Outcome.ERROR if state.error is not None else Outcome.OK
+    else:
+        work.cancel()
+        try:
+            await work
+        except BaseException:  # noqa: BLE001 - we only need the task finished
+            pass
+        await publisher.abandon()
+        if cancel.is_set() or publisher.listener_gone.is_set():
+            outcome = Outcome.CANCELLED
+            log.info("job_cancelled", request_id=job.request_id, reason="client_gone")
+        else:
+            state.error = GatewayTimeout("The request did not finish before its deadline.")
+            await _safe_publish_error(publisher, state.error)
+            outcome = Outcome.ERROR
+    return _event(job, state, outcome)
+
+
+async def _serve(deps: WorkerDeps, job: Job, state: JobState, publisher: ReplyPublisher) -> None:
+    try:
+        body = orjson.loads(job.body)
+    except orjson.JSONDecodeError:
+        state.error = ServiceUnavailable("The job body could not be decoded.")
+        await _publish_error(publisher, state.error)
+        return
+    req = ChatRequest(body=body, stream=job.stream, include_usage=job.include_usage)
+    targets = candidates(job.model, deps.catalog, deps.access, supported_adapters=_SUPPORTED)
+    if not targets:
+        state.error = ServiceUnavailable(
+            f"No provider is configured for model '{job.model}'.", code="no_provider"
+        )
+        await _publish_error(publisher, state.error)
+        return
+
+    async def attempt(target: Target) -> None:
+        state.target = target
+        if req.stream:
+            await _stream_once(deps, job, req, target, state, publisher)
+        else:
+            await _complete_once(deps, job, req, target, state, publisher)
+
+    try:
+        await first_success(
+            targets,
+            attempt,
+            attempts=state.attempts,
+            can_fall_back=lambda: not state.committed,
+        )
+    except ProviderError as exc:
+        state.error = exc
+        await _publish_error(publisher, exc)
+
+
+async def _complete_once(
+    deps: WorkerDeps,
+    job: Job,
+    req: ChatRequest,
+    target: Target,
+    state: JobState,
+    publisher: ReplyPublisher,
+) -> None:
+    adapter = REGISTRY[target.provider.adapter]
+    completion = await upstream.complete(deps.http, adapter, target, req, deps.timeouts)
+    usage = state.set_usage(completion.usage, _estimated_usage(req, completion.choices))
+    cost = _cost(target, usage)
+    body: dict[str, Any] = {
+        "id": completion_id(job.request_id),
+        "object": "chat.completion",
+        "created": job.enqueued_ms // 1000,
+        "model": target.model_id,
+        "choices": completion.choices,
+        "usage": state.usage.to_openai(),
+        **completion.extra,
+    }
+    state.committed = True
+    await publisher.finish(FrameKind.RESPONSE, orjson.dumps(body), _meta(target, cost, state))
+
+
+async def _stream_once(
+    deps: WorkerDeps,
+    job: Job,
+    req: ChatRequest,
+    target: Target,
+    state: JobState,
+    publisher: ReplyPublisher,
+) -> None:
+    adapter = REGISTRY[target.provider.adapter]
+    head: dict[str, Any] = {
+        "id": completion_id(job.request_id),
+        "object": "chat.completion.chunk",
+        "created": job.enqueued_ms // 1000,
+        "model": target.model_id,
+    }
+    # Chunks before the first content (the role chunk) wait here, so a fallback before
+    # any content leaves the client with one clean stream.
+    held_back: list[bytes] = []
+    usage: Usage | None = None
+    async for delta in upstream.stream(deps.http, adapter, target, req, deps.timeouts):
+        if delta.usage is not None:
+            usage = delta.usage
+        if not delta.choices:
+            continue
+        chunk = {**head, "choices": delta.choices}
+        if req.include_usage:
+            chunk["usage"] = None
+        data = sse(chunk)
+        for choice in delta.choices:
+            d = choice.get("delta") or {}
+            content = d.get("content")
+            if content:
+                state.generated_chars += len(content)
+            for call in d.get("tool_calls") or ():
+                state.generated_chars += len((call.get("function") or {}).get("arguments") or "")
+            if content or d.get("tool_calls") or choice.get("finish_reason"):
+                state.committed = True
+        if not state.committed:
+            held_back.append(data)
+            continue
+        if state.first_chunk_ms is None:
+            state.first_chunk_ms = now_ms()
+        if held_back:
+            data = b"".join(held_back) + data
+            held_back.clear()
+        publisher.push(data)
+
+    usage = state.set_usage(
+        usage, _estimated_usage(req, [], generated_chars=state.generated_chars)
+    )
+    cost = _cost(target, usage)
+    tail = b"".join(held_back)
+    if req.include_usage:
+        tail += sse({**head, "choices": [], "usage": usage.to_openai()})
+    await publisher.finish(FrameKind.DONE, tail + _DONE, _meta(target, cost, state))
+
+
+def _meta(target: Target, cost_nusd: int, state: JobState) -> dict[str, Any]:
+    return {
+        "status": 200,
+        "cost_nusd": cost_nusd,
+        "provider": target.name,
+        "model": target.model_id,
+        "usage_estimated": state.usage_estimated,
+    }
+
+
+def _cost(target: Target, usage: Usage) -> int:
+    return target.offer.price.cost_nusd(
+        usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
+    )
+
+
+def _estimated_usage(
+    req: ChatRequest, choices: list[dict[str, Any]], *, generated_chars: int = 0
+) -> Usage:
+    text_chars = generated_chars + sum(
+        len(str((c.get("message") or {}).get("content") or "")) for c in choices
+    )
+    completion = -(-text_chars // CHARS_PER_TOKEN)
+    prompt = estimate_prompt_tokens(req.body.get("messages") or [])
+    return Usage(prompt_tokens=prompt, completion_tokens=completion)
+
+
+async def _publish_error(publisher: ReplyPublisher, error: GatewayError) -> None:
+    await publisher.finish(
+        FrameKind.ERROR,
+        error.to_body(),
+        {"status": error.http_status, "headers": error.headers or None},
+    )
+
+
+async def _safe_publish_error(publisher: ReplyPublisher, error: GatewayError) -> None:
+    try:
+        await _publish_error(publisher, error)
+    except Exception:  # noqa: BLE001 - Redis trouble; the api's deadline ends the request
+        log.warning("error_frame_not_sent", exc_info=True)
+
+
+def completion_id(request_id: str) -> str:
+    return f"chatcmpl-{request_id}"
+
+
+def _event(job: Job, state: JobState, outcome: Outcome) -> CompletionEvent:
+    finished = now_ms()
+    target = state.target
+    usage = state.usage
+    estimated = state.usage_estimated
+    billable = target is not None and (outcome is not Outcome.ERROR or state.committed)
+    if usage is None and billable:
+        # Cancelled, or broken after content was delivered: bill by estimate what the
+        # upstream read and generated.
+        usage = Usage(
+            prompt_tokens=estimate_prompt_tokens(_messages(job)),
+            completion_tokens=-(-state.generated_chars // CHARS_PER_TOKEN),
+        )
+        estimated = True
+    usage = usage or Usage()
+    cost = _cost(target, usage) if target is not None and billable else 0
+    error = state.error
+    return CompletionEvent(
+        request_id=job.request_id,
+        user_id=job.user_id,
+        key_id=job.key_id,
+        model_requested=job.model,
+        model_served=target.model_id if target else None,
+        provider=target.name if target else None,
+        outcome=outcome,
+        stream=job.stream,
+        usage=usage,
+        usage_estimated=estimated,
+        cost_nusd=cost,
+        hold_nusd=job.hold_nusd,
+        attempts=tuple(state.attempts),
+        http_status=error.http_status if error is not None else (499 if outcome is Outcome.CANCELLED else 200),
+        error_code=error.code if error is not None else None,
+        error_class=error.error_class if isinstance(error, ProviderError) else None,
+        queue_wait_ms=max(state.started_ms - job.enqueued_ms, 0),
+        ttfc_ms=(state.first_chunk_ms - job.enqueued_ms) if state.first_chunk_ms else None,
+        duration_ms=finished - job.enqueued_ms,
+        finished_ms=finished,
+    )
+
+
+def _messages(job: Job) -> list[dict[str, Any]]:
+    try:
+        body = orjson.loads(job.body)
+    except orjson.JSONDecodeError:
+        return []
+    messages = body.get("messages") if isinstance(body, dict) else None
+    return messages if isinstance(messages, list) else []

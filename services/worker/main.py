@@ -1,0 +1,289 @@
+"""The worker process: a consumer of the jobs stream that runs many jobs at once.
+
+- Reads with XREADGROUP as one consumer of group `workers`, never holding more jobs
+  than `WORKER_CONCURRENCY`.
+- Listens once on `gw:cancel` for clients that went away and stops their jobs.
+- Keeps its in-flight jobs fresh in the pending list (XCLAIM to itself) and reclaims,
+  with XAUTOCLAIM, jobs left idle by a worker that died.
+- Ends each job with one MULTI: XADD the completion event, XACK the job. That step is
+  shielded from cancellation so a shutdown cannot lose a finished job's event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
+
+from services.worker import upstream
+from services.worker.job import WorkerDeps, execute
+from services.worker.routing import provider_access
+from shared.catalog import catalog_for
+from shared.messages import CompletionEvent, Job, MessageError
+from shared.redis import keys
+from shared.settings import Settings
+
+log = structlog.get_logger("worker")
+
+
+@dataclass(slots=True)
+class Running:
+    task: asyncio.Task[None]
+    cancel: asyncio.Event
+    request_id: str
+
+
+class Worker:
+    def __init__(
+        self,
+        deps: WorkerDeps,
+        *,
+        consumer_name: str | None = None,
+        concurrency: int = 512,
+        claim_idle_ms: int = 30_000,
+        heartbeat_s: float = 5.0,
+        shutdown_grace_s: float = 30.0,
+    ) -> None:
+        self.deps = deps
+        self.redis = deps.redis
+        self.name = consumer_name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.concurrency = concurrency
+        self.claim_idle_ms = claim_idle_ms
+        self.heartbeat_s = heartbeat_s
+        self.shutdown_grace_s = shutdown_grace_s
+        self.running: dict[bytes, Running] = {}
+        self._slot_freed = asyncio.Event()
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(keys.JOBS_STREAM, keys.JOBS_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.ensure_group()
+        log.info("worker_started", consumer=self.name, concurrency=self.concurrency)
+        helpers = [
+            asyncio.create_task(self._listen_cancels(stop)),
+            asyncio.create_task(self._maintain(stop)),
+        ]
+        try:
+            await self._read_loop(stop)
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await self._drain()
+            await self.redis.zrem(keys.WORKERS_HEARTBEAT, self.name)
+            log.info("worker_stopped", consumer=self.name)
+
+    async def _read_loop(self, stop: asyncio.Event) -> None:
+        backoff_s = 0.2
+        while not stop.is_set():
+            free = self.concurrency - len(self.running)
+            if free <= 0:
+                self._slot_freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_freed.wait(), timeout=1.0)
+                continue
+            try:
+                response = await self.redis.xreadgroup(
+                    keys.JOBS_GROUP,
+                    self.name,
+                    {keys.JOBS_STREAM: ">"},
+                    count=min(free, 128),
+                    block=1000,
+                )
+                backoff_s = 0.2
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("jobs_read_failed", error=str(exc), retry_in_s=backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+                continue
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    await self.ensure_group()
+                    continue
+                raise
+            for _stream, entries in response or ():
+                for entry_id, fields in entries:
+                    self._start(entry_id, fields, generation=1)
+
+    def _start(self, entry_id: bytes, fields: dict[bytes, bytes] | None, *, generation: int) -> None:
+        if entry_id in self.running:
+            return
+        try:
+            if not fields:
+                raise MessageError("entry was trimmed from the stream")
+            job = Job.from_fields(fields)
+        except MessageError as exc:
+            log.error("job_undecodable", entry_id=entry_id.decode(), error=str(exc))
+            asyncio.create_task(self._ack_only(entry_id))
+            return
+        cancel = asyncio.Event()
+        task = asyncio.create_task(self._run(entry_id, job, cancel, generation))
+        self.running[entry_id] = Running(task=task, cancel=cancel, request_id=job.request_id)
+
+    async def _run(self, entry_id: bytes, job: Job, cancel: asyncio.Event, generation: int) -> None:
+        structlog.contextvars.bind_contextvars(request_id=job.request_id)
+        try:
+            if generation > 1 and not await self._listener_alive(job):
+                log.info("reclaimed_job_dropped", reason="client_gone")
+                cancel.set()
+            event = await execute(self.deps, job, cancel=cancel, generation=generation)
+            await asyncio.shield(self._finish(entry_id, event))
+            log.info(
+                "job_finished",
+                outcome=event.outcome.value,
+                provider=event.provider,
+                status=event.http_status,
+                cost_nusd=event.cost_nusd,
+                attempts=len(event.attempts),
+                duration_ms=event.duration_ms,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Left unacked on purpose: another worker reclaims it after the idle time.
+            log.exception("job_failed")
+        finally:
+            self.running.pop(entry_id, None)
+            self._slot_freed.set()
+
+    async def _listener_alive(self, job: Job) -> bool:
+        channel = keys.reply_channel(job.reply_to)
+        counts = await self.redis.pubsub_numsub(channel)
+        return any(count > 0 for _name, count in counts)
+
+    async def _finish(self, entry_id: bytes, event: CompletionEvent) -> None:
+        backoff_s = 0.2
+        while True:
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.xadd(
+                        keys.EVENTS_STREAM,
+                        {"e": event.encode()},
+                        maxlen=keys.EVENTS_STREAM_MAXLEN,
+                        approximate=True,
+                    )
+                    pipe.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
+                    await pipe.execute()
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                # Billing must hear about every finished job: keep trying while Redis is away.
+                log.warning("event_append_failed", error=str(exc), retry_in_s=backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+
+    async def _ack_only(self, entry_id: bytes) -> None:
+        await self.redis.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
+
+    async def _listen_cancels(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(keys.CANCEL_CHANNEL)
+                async for message in pubsub.listen():
+                    request_id = message["data"].decode()
+                    for running in list(self.running.values()):
+                        if running.request_id == request_id:
+                            running.cancel.set()
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                await asyncio.sleep(1.0)
+            finally:
+                await pubsub.aclose()
+
+    async def _maintain(self, stop: asyncio.Event) -> None:
+        """Heartbeat, keep own jobs fresh in the pending list, reclaim abandoned jobs."""
+        interval_s = min(self.heartbeat_s, self.claim_idle_ms / 3000)
+        while not stop.is_set():
+            try:
+                await self._heartbeat()
+                await self._reclaim()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("worker_maintenance_failed", error=str(exc))
+            await asyncio.sleep(interval_s)
+
+    async def _heartbeat(self) -> None:
+        now = int(time.time() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.WORKERS_HEARTBEAT, {self.name: now})
+            pipe.zremrangebyscore(keys.WORKERS_HEARTBEAT, 0, now - 60_000)
+            if self.running:
+                # Claiming our own jobs resets their idle time, so nobody reclaims them.
+                pipe.xclaim(
+                    keys.JOBS_STREAM,
+                    keys.JOBS_GROUP,
+                    self.name,
+                    0,
+                    list(self.running),
+                    justid=True,
+                )
+            await pipe.execute()
+
+    async def _reclaim(self) -> None:
+        free = self.concurrency - len(self.running)
+        if free <= 0:
+            return
+        result = await self.redis.xautoclaim(
+            keys.JOBS_STREAM,
+            keys.JOBS_GROUP,
+            self.name,
+            min_idle_time=self.claim_idle_ms,
+            start_id="0-0",
+            count=min(free, 100),
+        )
+        claimed = result[1] if len(result) > 1 else []
+        deleted = result[2] if len(result) > 2 else []
+        if deleted:
+            await self.redis.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, *deleted)
+        for entry_id, fields in claimed:
+            log.info("job_reclaimed", entry_id=entry_id.decode())
+            self._start(entry_id, fields, generation=int(time.time() * 1000))
+
+    async def _drain(self) -> None:
+        if not self.running:
+            return
+        log.info("worker_draining", in_flight=len(self.running))
+        tasks = [r.task for r in self.running.values()]
+        _done, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def run_worker(settings: Settings, redis_url: str, stop: asyncio.Event) -> None:
+    demo_url = settings.provider_base_urls.get("fake") if settings.demo_mode else None
+    catalog = catalog_for(settings.catalog_path, demo_base_url=demo_url)
+    redis = Redis.from_url(redis_url, max_connections=None)
+    http = upstream.create_client_session()
+    deps = WorkerDeps(
+        settings=settings,
+        redis=redis,
+        http=http,
+        catalog=catalog,
+        access=provider_access(catalog, settings),
+        timeouts=upstream.Timeouts(
+            connect_s=settings.upstream_connect_timeout_s,
+            first_byte_s=settings.upstream_first_byte_timeout_s,
+            idle_s=settings.upstream_idle_timeout_s,
+        ),
+    )
+    if not deps.access:
+        log.warning("no_provider_enabled", hint="set API_KEY_<PROVIDER> or run in demo mode")
+    worker = Worker(deps, concurrency=settings.worker_concurrency)
+    try:
+        await worker.run(stop)
+    finally:
+        await http.close()
+        await redis.aclose()

@@ -1,0 +1,87 @@
+"""Reply frames from one job to the api process that waits for it.
+
+At most one PUBLISH per job is in flight; chunks that arrive meanwhile are coalesced
+into the next frame, so a fast upstream costs one Redis round trip per batch, never
+one per token. PUBLISH answers how many subscribers received the frame: zero means
+the api process that owned the request is gone, and the job should stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from shared.messages import FrameKind, ReplyFrame
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+
+class ReplyPublisher:
+    def __init__(self, redis: Redis, channel: str, request_id: str, generation: int = 1) -> None:
+        self._redis = redis
+        self._channel = channel
+        self._request_id = request_id
+        self._generation = generation
+        self._seq = 0
+        self._buffer = bytearray()
+        self._pump_task: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+        self.listener_gone = asyncio.Event()
+        self.frames_sent = 0
+
+    def push(self, data: bytes) -> None:
+        """Queue SSE bytes for the client; sent with whatever else is pending."""
+        self._buffer += data
+        if self._pump_task is None or self._pump_task.done():
+            self._pump_task = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        try:
+            while self._buffer:
+                payload = bytes(self._buffer)
+                self._buffer.clear()
+                await self._publish(FrameKind.CHUNKS, payload, None)
+        except Exception as exc:  # surfaced by finish(); the stream loop keeps going
+            self._error = exc
+
+    async def _publish(self, kind: FrameKind, payload: bytes, meta: dict[str, Any] | None) -> None:
+        frame = ReplyFrame(
+            request_id=self._request_id,
+            seq=self._seq,
+            kind=kind,
+            payload=payload,
+            meta=meta or {},
+            generation=self._generation,
+        )
+        self._seq += 1
+        receivers = await self._redis.publish(self._channel, frame.encode())
+        self.frames_sent += 1
+        if receivers == 0:
+            self.listener_gone.set()
+
+    async def finish(self, kind: FrameKind, payload: bytes, meta: dict[str, Any]) -> None:
+        """Send the last frame, after everything pushed before it, in order."""
+        if self._pump_task is not None:
+            await self._pump_task
+        if self._error is not None:
+            raise self._error
+        pending = bytes(self._buffer)
+        self._buffer.clear()
+        if kind is FrameKind.ERROR:
+            # An error frame carries a JSON envelope, not SSE: chunks before it go on their own.
+            if pending:
+                await self._publish(FrameKind.CHUNKS, pending, None)
+            await self._publish(kind, payload, meta)
+        else:
+            await self._publish(kind, pending + payload, meta)
+
+    async def abandon(self) -> None:
+        """Stop sending: wait for a frame in flight so nothing is published after the end."""
+        if self._pump_task is not None and not self._pump_task.done():
+            self._pump_task.cancel()
+            try:
+                await self._pump_task
+            except BaseException:
+                pass
+        self._buffer.clear()
