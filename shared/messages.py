@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any, ClassVar, Self
 
@@ -45,7 +45,7 @@ class Job:
     body: bytes = b""
 
     def encode_meta(self) -> bytes:
-        data = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "body"}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "body"}
         data["v"] = self.VERSION
         return orjson.dumps(data)
 
@@ -53,12 +53,12 @@ class Job:
         return {"m": self.encode_meta(), "b": self.body}
 
     @classmethod
-    def from_fields(cls, fields: dict[bytes, bytes]) -> Self:
+    def from_fields(cls, entry: dict[bytes, bytes]) -> Self:
         try:
-            meta = orjson.loads(fields[b"m"])
+            meta = orjson.loads(entry[b"m"])
             _check_version(meta, cls.VERSION, "job")
             meta.pop("v")
-            return cls(**meta, body=fields.get(b"b", b""))
+            return cls(**meta, body=entry.get(b"b", b""))
         except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
             raise MessageError(f"bad job: {exc}") from exc
 

@@ -86,6 +86,11 @@ class StreamParser(Protocol):
         """True once the upstream sent its end marker (a normal end of stream)."""
         ...
 
+    @property
+    def saw_finish_reason(self) -> bool:
+        """True once every choice has ended; a body that closes then is a normal end too."""
+        ...
+
 
 class ProviderAdapter(Protocol):
     def build_request(self, req: ChatRequest, target: Target) -> HttpCall: ...

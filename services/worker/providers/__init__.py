@@ -1,0 +1,36 @@
+"""The provider registry: catalog `adapter` name -> adapter. A new provider is one line here."""
+
+from __future__ import annotations
+
+from services.worker.providers.base import ProviderAdapter
+from services.worker.providers.openai_compat import OpenAICompatible
+
+# Request fields Together's chat API does not document (wire-formats doc §4.2, §5.3).
+# `logprobs` is an integer there, a boolean on OpenAI: dropping beats a wrong meaning.
+TOGETHER_DROP_PARAMS = frozenset(
+    {
+        "audio",
+        "logprobs",
+        "metadata",
+        "modalities",
+        "prediction",
+        "prompt_cache_key",
+        "safety_identifier",
+        "service_tier",
+        "store",
+        "top_logprobs",
+        "user",
+        "verbosity",
+        "web_search_options",
+    }
+)
+
+REGISTRY: dict[str, ProviderAdapter] = {
+    "openai": OpenAICompatible("openai"),
+    "together": OpenAICompatible("together", drop_params=TOGETHER_DROP_PARAMS, stop_as_list=True),
+    "openai_compat": OpenAICompatible("openai_compat"),
+}
+
+
+def adapter_for(name: str) -> ProviderAdapter | None:
+    return REGISTRY.get(name)
