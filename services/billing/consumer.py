@@ -1,0 +1,363 @@
+"""The billing consumer: settles completion events from `gw:events`, exactly once.
+
+Delivery is at least once, so every step is idempotent and the order is chosen so
+that a crash anywhere loses nothing:
+
+1. settle the event in one database transaction (usage row + debit; the unique
+   request id turns a redelivery into a no-op), and commit;
+2. release the request's fund hold in Redis (idempotent, so it also runs for events
+   that were already settled: the previous attempt may have died before it);
+3. XACK the batch.
+
+A crash before 3 leaves the entries pending: this consumer re-reads its own pending
+entries when it starts (same consumer name), and any consumer claims entries idle
+longer than `claim_idle_ms` (XAUTOCLAIM), e.g. those of a replica that never came back.
+
+While the database is unreachable nothing is acked; the loop backs off (0.5 s to 10 s,
+with jitter) and retries the same entries. An entry that can never be settled (not
+decodable, or failing on its own data) is copied to `gw:events:dead` and acked, so that
+one bad event cannot stall billing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+from redis.exceptions import RedisError, ResponseError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.billing.settle import settle
+from shared.messages import CompletionEvent, MessageError
+from shared.redis import keys
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from shared.redis.funds import Funds
+    from shared.settings import Settings
+
+# TODO(keys.py): move beside EVENTS_STREAM; kept here until the owner of keys.py does.
+DEAD_LETTER_STREAM = "gw:events:dead"
+DEAD_LETTER_MAXLEN = 100_000
+# The stream field the worker writes the encoded CompletionEvent into.
+EVENT_FIELD = b"e"
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+log = structlog.get_logger("billing")
+
+
+class SessionFactory(Protocol):
+    """What the consumer needs of `async_sessionmaker`: a session in a transaction."""
+
+    def begin(self) -> AbstractAsyncContextManager[AsyncSession]: ...
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a settlement failure is the database's state (retry) rather than the
+    event's (dead-letter). Constraint and data errors repeat on every attempt."""
+    if isinstance(exc, IntegrityError | DataError):
+        return False
+    return isinstance(exc, SQLAlchemyError | OSError | TimeoutError)
+
+
+class Backoff:
+    """Exponential delays with jitter: each is drawn from [d/2, d], d doubling up to a cap."""
+
+    def __init__(
+        self,
+        initial_s: float = 0.5,
+        max_s: float = 10.0,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self._rng = rng
+        self._attempt = 0
+
+    def next_delay_s(self) -> float:
+        ceiling = min(self.max_s, self.initial_s * 2.0**self._attempt)
+        self._attempt += 1
+        return ceiling / 2 + self._rng() * ceiling / 2
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+def default_consumer_name() -> str:
+    # Stable across restarts of the same host or pod, so a restarted process picks up
+    # its own pending entries at once instead of waiting for XAUTOCLAIM.
+    return f"billing-{socket.gethostname()}"
+
+
+def _entries(response: Any) -> list[Entry]:
+    """Flatten an XREADGROUP reply (RESP2 list or RESP3 dict) for one stream."""
+    if not response:
+        return []
+    if isinstance(response, dict):
+        return [entry for batches in response.values() for batch in batches for entry in batch]
+    return [entry for _stream, batch in response for entry in batch]
+
+
+async def _sleep_unless_stopped(stop: asyncio.Event, delay_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=delay_s)
+
+
+class BillingConsumer:
+    """One member of the `billing` consumer group on `gw:events`.
+
+    :param redis: client for the events stream (bytes responses).
+    :param sessions: transaction factory, usually an `async_sessionmaker`.
+    :param funds: the Redis fund scripts; holds are released after each commit.
+    :param consumer_name: this member's name; reuse it across restarts.
+    :param claim_idle_ms: entries pending longer than this are claimed from their
+        consumer, which is presumed dead.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        sessions: SessionFactory,
+        funds: Funds,
+        *,
+        consumer_name: str,
+        batch_size: int = 100,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 60_000,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 10.0,
+        stream: str = keys.EVENTS_STREAM,
+        group: str = keys.EVENTS_GROUP,
+    ) -> None:
+        self.redis = redis
+        self.sessions = sessions
+        self.funds = funds
+        self.consumer_name = consumer_name
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.stream = stream
+        self.group = group
+        self._backoff = Backoff(backoff_initial_s, backoff_max_s)
+        # Claiming scans the group's pending list; once per fraction of the idle time
+        # is enough to pick up a dead consumer's entries promptly.
+        self._claim_interval_s = min(claim_idle_ms / 4000, 15.0)
+        self._next_claim_at = 0.0
+
+    async def ensure_group(self) -> None:
+        """Create the group (and stream) if missing, from the stream's start, so that
+        events written before billing ever ran are settled too."""
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set; the batch in hand is finished first."""
+        log.info("billing_consumer_started", consumer=self.consumer_name)
+        group_ready = False
+        own_pending_done = False
+        while not stop.is_set():
+            try:
+                if not group_ready:
+                    await self.ensure_group()
+                    group_ready = True
+                if not own_pending_done:
+                    await self._process_own_pending()
+                    own_pending_done = True
+                if time.monotonic() >= self._next_claim_at:
+                    await self._claim_abandoned()
+                    self._next_claim_at = time.monotonic() + self._claim_interval_s
+                await self._read_new(block_ms=self.block_ms)
+                self._backoff.reset()
+            except RedisError as exc:
+                delay_s = self._backoff.next_delay_s()
+                log.warning(
+                    "billing_redis_unavailable", error=repr(exc), retry_in_s=round(delay_s, 3)
+                )
+                # A restarted or flushed Redis may have lost the group (NOGROUP): recreate.
+                group_ready = False
+                own_pending_done = False
+                await _sleep_unless_stopped(stop, delay_s)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                delay_s = self._backoff.next_delay_s()
+                log.warning(
+                    "billing_db_unavailable",
+                    error=type(exc).__name__,
+                    detail=str(getattr(exc, "orig", None) or exc)[:200],
+                    retry_in_s=round(delay_s, 3),
+                )
+                # What was read but not acked is now pending: retry it first.
+                own_pending_done = False
+                await _sleep_unless_stopped(stop, delay_s)
+        log.info("billing_consumer_stopped", consumer=self.consumer_name)
+
+    async def drain_once(self) -> int:
+        """Process everything available now (own pending, claimable, new) without
+        blocking; returns the number of entries handled. For tests and one-shot use."""
+        await self.ensure_group()
+        handled = await self._process_own_pending()
+        handled += await self._claim_abandoned()
+        while count := await self._read_new(block_ms=None):
+            handled += count
+        return handled
+
+    async def _read_new(self, *, block_ms: int | None) -> int:
+        response = await self.redis.xreadgroup(
+            self.group,
+            self.consumer_name,
+            {self.stream: ">"},
+            count=self.batch_size,
+            block=block_ms,
+        )
+        return await self._process(_entries(response))
+
+    async def _process_own_pending(self) -> int:
+        """Entries this consumer name read earlier but never acked (a crash, an outage)."""
+        handled = 0
+        last_id: bytes | str = "0"
+        while True:
+            response = await self.redis.xreadgroup(
+                self.group, self.consumer_name, {self.stream: last_id}, count=self.batch_size
+            )
+            entries = _entries(response)
+            if not entries:
+                return handled
+            handled += await self._process(entries)
+            last_id = entries[-1][0]
+
+    async def _claim_abandoned(self) -> int:
+        """Take over entries other consumers left pending for longer than claim_idle_ms."""
+        handled = 0
+        start: bytes | str = "0-0"
+        while True:
+            reply = await self.redis.xautoclaim(
+                self.stream,
+                self.group,
+                self.consumer_name,
+                min_idle_time=self.claim_idle_ms,
+                start_id=start,
+                count=self.batch_size,
+            )
+            next_start, entries = reply[0], reply[1]
+            if entries:
+                log.warning("billing_claimed_entries", count=len(entries))
+                handled += await self._process(entries)
+            if next_start in (b"0-0", "0-0"):
+                return handled
+            start = next_start
+
+    async def _process(self, entries: Sequence[Entry]) -> int:
+        """Settle each entry in order, then ack them all in one call."""
+        if not entries:
+            return 0
+        done: list[bytes] = []
+        try:
+            for entry_id, fields in entries:
+                await self._handle(entry_id, fields)
+                done.append(entry_id)
+        except Exception:
+            # Spare what was already settled a redelivery; the rest stays pending.
+            if done:
+                await self.redis.xack(self.stream, self.group, *done)
+            raise
+        await self.redis.xack(self.stream, self.group, *done)
+        return len(done)
+
+    async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        if not fields:
+            # Trimmed or deleted from the stream while pending: nothing left to settle.
+            log.warning("event_entry_missing", entry_id=entry_id.decode())
+            return
+        try:
+            event = CompletionEvent.decode(fields[EVENT_FIELD])
+        except (KeyError, MessageError) as exc:
+            log.error("event_undecodable", entry_id=entry_id.decode(), error=str(exc)[:200])
+            await self._dead_letter(entry_id, fields, f"undecodable: {exc}")
+            return
+        with structlog.contextvars.bound_contextvars(request_id=event.request_id):
+            try:
+                async with self.sessions.begin() as session:
+                    settled = await settle(session, event)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                log.error(
+                    "event_settle_failed",
+                    entry_id=entry_id.decode(),
+                    user_id=event.user_id,
+                    error=type(exc).__name__,
+                    exc_info=True,
+                )
+                await self._dead_letter(entry_id, fields, f"{type(exc).__name__}: {exc}")
+                return
+            # After the commit: the hold is released even for an already-settled event,
+            # because the attempt that settled it may have died before this step.
+            await self.funds.release_hold(
+                user_id=event.user_id, request_id=event.request_id, debit_nusd=event.cost_nusd
+            )
+            if settled:
+                log.info(
+                    "event_settled",
+                    request_id=event.request_id,
+                    user_id=event.user_id,
+                    cost_nusd=event.cost_nusd,
+                    provider=event.provider,
+                )
+
+    async def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], error: str) -> None:
+        record: dict[Any, Any] = dict(fields)
+        record["dead_source_id"] = entry_id
+        record["dead_error"] = error[:1000]
+        record["dead_consumer"] = self.consumer_name
+        await self.redis.xadd(
+            DEAD_LETTER_STREAM, record, maxlen=DEAD_LETTER_MAXLEN, approximate=True
+        )
+
+
+async def run_billing(
+    settings: Settings,
+    redis_url: str,
+    stop: asyncio.Event,
+    *,
+    consumer_name: str | None = None,
+) -> None:
+    """Run the billing consumer until `stop` is set, then close what it opened."""
+    from redis.asyncio import Redis as RedisClient
+    from sqlalchemy.engine import make_url
+
+    from shared.db.engine import create_engine, create_sessionmaker
+    from shared.redis.funds import Funds
+
+    database_url = settings.effective_database_url
+    engine = create_engine(database_url)
+    # socket_timeout stays well above the XREADGROUP block time.
+    redis = RedisClient.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30)
+    try:
+        consumer = BillingConsumer(
+            redis,
+            create_sessionmaker(engine),
+            Funds(redis),
+            consumer_name=consumer_name or default_consumer_name(),
+        )
+        log.info(
+            "billing_starting",
+            database=make_url(database_url).render_as_string(hide_password=True),
+        )
+        await consumer.run(stop)
+    finally:
+        await redis.aclose()
+        await engine.dispose()

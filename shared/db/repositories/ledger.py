@@ -1,0 +1,203 @@
+"""The wallet ledger: append-only rows, each moving the wallet balance atomically.
+
+Every append first locks the wallet (a no-op UPDATE: the row lock on PostgreSQL, the
+write lock on SQLite), so concurrent appends to one wallet serialise; then, if the
+idempotency key is new, inside a SAVEPOINT,
+
+    UPDATE wallets SET balance_nusd = balance_nusd + :delta ... RETURNING balance_nusd
+    INSERT INTO ledger_transactions (..., balance_after_nusd = <returned>)
+
+so each `balance_after_nusd` is exact. The unique `idempotency_key` is the exactly-once
+guard: a duplicate that slips past the check fails the INSERT, the SAVEPOINT rolls back
+the UPDATE with it, and the existing row is returned. The caller's transaction stays
+usable; nothing here commits.
+
+Why lock with a statement of its own: pysqlite opens a transaction only before
+INSERT/UPDATE/DELETE, so a SAVEPOINT sent first would start one itself and its RELEASE
+would commit everything early. After the lock, the SAVEPOINT always nests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db.models import LedgerTransaction, Wallet
+
+
+class LedgerKind(StrEnum):
+    CREDIT = "credit"
+    DEBIT = "debit"
+    REFUND = "refund"
+    ADJUSTMENT = "adjustment"
+
+
+class LedgerError(Exception):
+    """A ledger append that cannot be applied."""
+
+
+class UnknownWallet(LedgerError):
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"no wallet for user {user_id!r}")
+        self.user_id = user_id
+
+
+class IdempotencyKeyReused(LedgerError):
+    """The key already names a different movement (other user, kind or amount)."""
+
+    def __init__(self, existing: LedgerTransaction) -> None:
+        super().__init__(
+            f"idempotency key {existing.idempotency_key!r} already used for "
+            f"{existing.kind} of {existing.amount_nusd} nUSD on {existing.user_id}"
+        )
+        self.existing = existing
+
+
+async def _by_key(session: AsyncSession, idempotency_key: str) -> LedgerTransaction | None:
+    stmt = select(LedgerTransaction).where(LedgerTransaction.idempotency_key == idempotency_key)
+    return await session.scalar(stmt)
+
+
+def _same_movement(
+    row: LedgerTransaction, user_id: str, kind: str, amount_nusd: int
+) -> LedgerTransaction:
+    if (row.user_id, row.kind, row.amount_nusd) != (user_id, kind, amount_nusd):
+        raise IdempotencyKeyReused(row)
+    return row
+
+
+async def _lock_wallet(session: AsyncSession, user_id: str) -> None:
+    locked = await session.scalar(
+        update(Wallet)
+        .where(Wallet.user_id == user_id)
+        .values(balance_nusd=Wallet.balance_nusd)
+        .returning(Wallet.user_id)
+        .execution_options(synchronize_session=False)
+    )
+    if locked is None:
+        raise UnknownWallet(user_id)
+
+
+async def append(
+    session: AsyncSession,
+    user_id: str,
+    kind: LedgerKind | str,
+    amount_nusd: int,
+    idempotency_key: str,
+    reason: str | None,
+    request_id: str | None = None,
+) -> tuple[LedgerTransaction, bool]:
+    """Append one signed movement and apply it to the wallet, at most once per key.
+
+    Returns the row and True when it was created now, or the existing row and False
+    when the key was already used for the same movement.
+
+    :raises UnknownWallet: `user_id` has no wallet.
+    :raises IdempotencyKeyReused: the key was used for a different movement.
+    """
+    kind = LedgerKind(kind)
+    await _lock_wallet(session, user_id)
+    # Under the lock this sees any committed duplicate; the unique key stays the guard.
+    existing = await _by_key(session, idempotency_key)
+    if existing is not None:
+        return _same_movement(existing, user_id, kind, amount_nusd), False
+    try:
+        async with session.begin_nested():
+            balance_after = await session.scalar(
+                update(Wallet)
+                .where(Wallet.user_id == user_id)
+                .values(balance_nusd=Wallet.balance_nusd + amount_nusd, updated_at=func.now())
+                .returning(Wallet.balance_nusd)
+                # The wallet is re-read whenever needed; no in-memory copy to keep in sync.
+                .execution_options(synchronize_session=False)
+            )
+            if balance_after is None:  # pragma: no cover - locked above
+                raise UnknownWallet(user_id)
+            row = LedgerTransaction(
+                user_id=user_id,
+                kind=kind.value,
+                amount_nusd=amount_nusd,
+                balance_after_nusd=balance_after,
+                idempotency_key=idempotency_key,
+                request_id=request_id,
+                reason=reason,
+            )
+            session.add(row)
+            await session.flush()
+    except IntegrityError:
+        # A concurrent transaction committed the same key between our check and insert.
+        existing = await _by_key(session, idempotency_key)
+        if existing is None:
+            raise
+        return _same_movement(existing, user_id, kind, amount_nusd), False
+    return row, True
+
+
+async def credit(
+    session: AsyncSession,
+    user_id: str,
+    amount_nusd: int,
+    *,
+    idempotency_key: str,
+    reason: str | None,
+) -> tuple[LedgerTransaction, bool]:
+    """Add funds. Returns (row, created); the same key again changes nothing."""
+    if amount_nusd <= 0:
+        raise ValueError(f"credit amount must be positive, got {amount_nusd}")
+    return await append(session, user_id, LedgerKind.CREDIT, amount_nusd, idempotency_key, reason)
+
+
+async def debit(
+    session: AsyncSession,
+    user_id: str,
+    amount_nusd: int,
+    *,
+    request_id: str,
+    reason: str | None,
+) -> LedgerTransaction | None:
+    """Charge a request's cost, keyed by its request id. None if it was already charged."""
+    if amount_nusd <= 0:
+        raise ValueError(f"debit amount must be positive, got {amount_nusd}")
+    row, created = await append(
+        session,
+        user_id,
+        LedgerKind.DEBIT,
+        -amount_nusd,
+        request_id,
+        reason,
+        request_id=request_id,
+    )
+    return row if created else None
+
+
+async def get_balance(session: AsyncSession, user_id: str) -> int | None:
+    """The wallet's balance in nUSD, or None when the user has no wallet."""
+    stmt = select(Wallet.balance_nusd).where(Wallet.user_id == user_id)
+    return await session.scalar(stmt)
+
+
+async def ledger_sum(session: AsyncSession, user_id: str) -> int:
+    """The sum of the wallet's ledger rows: what the balance must equal."""
+    stmt = select(func.coalesce(func.sum(LedgerTransaction.amount_nusd), 0)).where(
+        LedgerTransaction.user_id == user_id
+    )
+    return int(await session.scalar(stmt) or 0)
+
+
+async def list_transactions(
+    session: AsyncSession, user_id: str, limit: int = 20
+) -> Sequence[LedgerTransaction]:
+    """The wallet's most recent ledger rows, newest first."""
+    stmt = (
+        select(LedgerTransaction)
+        .where(LedgerTransaction.user_id == user_id)
+        # Ids follow insertion order (and so the balance chain); created_at is the
+        # transaction's start on PostgreSQL and only has whole seconds on SQLite.
+        .order_by(LedgerTransaction.id.desc())
+        .limit(limit)
+    )
+    return (await session.scalars(stmt)).all()
