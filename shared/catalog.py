@@ -1,22 +1,23 @@
 """The model catalog: which providers serve which models, at what price.
 
-Loaded once from `CATALOG_PATH` (TOML), or from the `catalog.toml` shipped beside this
+Loaded once from `CATALOG_PATH` (YAML), or from the `catalog.yaml` shipped beside this
 module. Everything here is immutable and shared by the api (listing, estimates), the
 worker (routing) and billing (cost).
 """
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from shared.money import Price
 
-DEFAULT_CATALOG = Path(__file__).with_name("catalog.toml")
+DEFAULT_CATALOG = Path(__file__).with_name("catalog.yaml")
 DEMO_PROVIDER = "fake"
 
 
@@ -148,10 +149,15 @@ def parse_catalog(data: Mapping[str, Any]) -> Catalog:
 def load_catalog(path: str | Path = "") -> Catalog:
     source = Path(path) if path else DEFAULT_CATALOG
     try:
-        data = tomllib.loads(source.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = yaml.safe_load(source.read_text())
+    except (OSError, yaml.YAMLError) as exc:
         raise CatalogError(f"cannot read catalog {source}: {exc}") from exc
-    return parse_catalog(data)
+    if not isinstance(data, dict):
+        raise CatalogError(f"catalog {source} must be a mapping with 'providers' and 'models'")
+    try:
+        return parse_catalog(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CatalogError(f"catalog {source}: {exc}") from exc
 
 
 def catalog_for(catalog_path: str, *, demo_base_url: str | None) -> Catalog:
