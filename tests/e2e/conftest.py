@@ -148,8 +148,21 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextlib.contextmanager
+def running_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    demo: bool = True,
+    env_overrides: dict[str, str] | None = None,
+    services: tuple[str, ...] = ("api", "worker", "billing"),
+) -> Iterator[Stack]:
+    """Start fake provider + services against a fresh database; stop and drop afterwards.
+
+    `demo=True` routes every model to the fake provider (as `make run` does without keys).
+    With `demo=False`, point real provider names at the fake yourself through
+    `env_overrides`, e.g. {"API_KEY_ANTHROPIC": "k", "BASE_URL_ANTHROPIC": stack.fake_url + "/v1"}
+    -- use the placeholder "{fake}" in values and it is replaced by the fake server's URL.
+    """
     database = f"gw_e2e_{uuid.uuid4().hex[:8]}"
     asyncio.run(_create_database(database))
     redis_client = sync_redis.Redis.from_url(E2E_REDIS_URL)
@@ -157,25 +170,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     var_dir = tmp_path_factory.mktemp("var")
     log_dir = tmp_path_factory.mktemp("logs")
     api_port, fake_port = free_port(), free_port()
+    fake_url = f"http://127.0.0.1:{fake_port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("API_KEY_", "BASE_URL_"))}
     env.update(
         DATABASE_URL=_pg_dsn(database),
         REDIS_URL=E2E_REDIS_URL,
         PORT=str(api_port),
         HOST="127.0.0.1",
-        GATEWAY_DEMO="1",
         GATEWAY_VAR_DIR=str(var_dir),
-        BASE_URL_FAKE=f"http://127.0.0.1:{fake_port}/v1",
-        API_KEY_FAKE="e2e-upstream-key",
         LOG_FORMAT="json",
         REQUEST_TIMEOUT_SECONDS="20",
         RATE_LIMIT_REQUESTS_PER_MINUTE="1000",
     )
+    if demo:
+        env.update(
+            GATEWAY_DEMO="1", BASE_URL_FAKE=f"{fake_url}/v1", API_KEY_FAKE="e2e-upstream-key"
+        )
+    for name, value in (env_overrides or {}).items():
+        env[name] = value.replace("{fake}", fake_url)
     stack = Stack(
         env=env,
         pg_dsn=_pg_dsn(database),
         api_url=f"http://127.0.0.1:{api_port}",
-        fake_url=f"http://127.0.0.1:{fake_port}",
+        fake_url=fake_url,
         var_dir=var_dir,
         log_dir=log_dir,
     )
@@ -183,9 +200,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.cli("migrate")
         stack.start("fake", "services.fake_provider", "--port", str(fake_port))
         assert wait_for_port(fake_port, 15), "fake provider did not start"
-        for name in ("api", "worker", "billing"):
+        for name in services:
             stack.start_service(name)
-        stack.wait_until(lambda: _healthy(stack.api_url), 30, "the api to report healthy")
+        if "api" in services:
+            stack.wait_until(lambda: _healthy(stack.api_url), 30, "the api to report healthy")
         yield stack
     finally:
         stack.stop_all()
@@ -193,3 +211,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         redis_client.close()
         with contextlib.suppress(Exception):
             asyncio.run(_drop_database(database))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The gateway in demo mode: every model answered by the fake provider."""
+    with running_stack(tmp_path_factory) as running:
+        yield running
