@@ -43,6 +43,8 @@ class Job:
     enqueued_ms: int
     hold_nusd: int
     body: bytes = b""
+    # The user's stored routing preferences (provider order/only/ignore/sort...), if any.
+    routing: dict[str, Any] | None = None
 
     def encode_meta(self) -> bytes:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "body"}
@@ -150,6 +152,8 @@ class Attempt:
     status: int | None = None
     error_code: str | None = None
     latency_ms: int = 0
+    ttft_ms: int | None = None  # streaming successes: from the attempt's start to first content
+    circuit_opened: bool = False  # this failure opened the provider's circuit
 
 
 class Outcome(StrEnum):

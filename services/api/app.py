@@ -18,6 +18,7 @@ from services.api.replies import ReplyHub
 from services.api.routes.chat import chat_completions
 from services.api.routes.health import health
 from services.api.routes.models import get_model, list_models
+from services.api.routes.providers import chat_health, chat_models
 from shared.catalog import Catalog, catalog_for
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.redis.funds import Funds
@@ -71,6 +72,8 @@ def create_app(
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
     app.router.add_get("/health", health)
+    app.router.add_get("/v1/chat/models", chat_models)
+    app.router.add_get("/v1/chat/health", chat_health)
     return app
 
 

@@ -77,6 +77,8 @@ def answer_headers(meta: Mapping[str, Any]) -> dict[str, str]:
         headers["x-gateway-cost"] = format_usd(int(meta["cost_nusd"]))
     if meta.get("provider"):
         headers["x-gateway-provider"] = str(meta["provider"])
+    if meta.get("attempts"):
+        headers["x-gateway-attempts"] = str(meta["attempts"])
     return headers
 
 
@@ -105,6 +107,7 @@ async def relay_sse(
     first = await reader.next()
     if first.kind is FrameKind.ERROR:
         raise frame_error(first)  # nothing sent yet: a plain HTTP error
+    headers.update(answer_headers({k: v for k, v in first.meta.items() if k != "cost_nusd"}))
     response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
     await response.prepare(request)
     frame = first

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from shared.capabilities import required_capabilities
 from shared.errors import InvalidRequest
 
 # Everything OpenAI documents for the request (spec 2.3.0), plus the gateway's routing fields.
@@ -48,6 +49,8 @@ class ChatBody:
     include_usage: bool
     max_output_tokens: int | None
     n: int
+    needs: frozenset[str] = frozenset()  # capabilities: tools, vision, json, streaming
+    fallback_models: tuple[str, ...] = ()
 
 
 def parse_chat_body(raw: bytes) -> ChatBody:
@@ -99,9 +102,10 @@ def parse_chat_body(raw: bytes) -> ChatBody:
     _tools(body.get("tools"))
     _tool_choice(body.get("tool_choice"), has_tools=bool(body.get("tools")))
     _response_format(body.get("response_format"))
-    for name in ("metadata", "logit_bias", "provider"):
+    for name in ("metadata", "logit_bias"):
         if body.get(name) is not None and not isinstance(body[name], dict):
             raise InvalidRequest(f"'{name}' must be an object.", param=name)
+    _provider_prefs(body.get("provider"), "provider")
     models = body.get("models")
     if models is not None and (
         not isinstance(models, list) or not all(isinstance(m, str) and m for m in models)
@@ -115,7 +119,44 @@ def parse_chat_body(raw: bytes) -> ChatBody:
         include_usage=include_usage,
         max_output_tokens=max_tokens,
         n=n,
+        needs=required_capabilities(body),
+        fallback_models=tuple(models or ()),
     )
+
+
+PROVIDER_FIELDS = frozenset({"order", "only", "ignore", "allow_fallbacks", "sort"})
+PROVIDER_SORTS = frozenset({"price", "latency", "throughput"})
+
+
+def _provider_prefs(value: Any, param: str) -> None:
+    """The OpenRouter-style routing object (also the shape of stored user preferences)."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"'{param}' must be an object.", param=param)
+    unknown = sorted(set(value) - PROVIDER_FIELDS)
+    if unknown:
+        raise InvalidRequest(
+            f"'{param}.{unknown[0]}' is not supported; use {sorted(PROVIDER_FIELDS)}.",
+            param=f"{param}.{unknown[0]}",
+        )
+    for name in ("order", "only", "ignore"):
+        names = value.get(name)
+        if names is not None and (
+            not isinstance(names, list) or not all(isinstance(n, str) and n for n in names)
+        ):
+            raise InvalidRequest(f"'{param}.{name}' must be a list of provider names.", param=f"{param}.{name}")
+    if value.get("allow_fallbacks") is not None and not isinstance(value["allow_fallbacks"], bool):
+        raise InvalidRequest(f"'{param}.allow_fallbacks' must be a boolean.", param=f"{param}.allow_fallbacks")
+    if value.get("sort") is not None and value["sort"] not in PROVIDER_SORTS:
+        raise InvalidRequest(
+            f"'{param}.sort' must be one of {sorted(PROVIDER_SORTS)}.", param=f"{param}.sort"
+        )
+
+
+def validate_provider_prefs(value: Any) -> None:
+    """For stored per-user preferences: the same rules as a request's `provider` object."""
+    _provider_prefs(value, "provider")
 
 
 def _messages(value: Any) -> list[dict[str, Any]]:

@@ -10,22 +10,25 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
 
 from services.worker import upstream
-from services.worker.fallback import first_success
-from services.worker.providers import REGISTRY
-from services.worker.providers.base import ChatRequest, Target
+from services.worker.fallback import RetryPolicy, first_success
+from services.worker.providers.base import ChatRequest, ProviderAdapter, Target
 from services.worker.publish import ReplyPublisher
-from services.worker.routing import ProviderAccess, candidates
+from services.worker.routing import ProviderAccess, ProviderPrefs, plan
+from shared.capabilities import required_capabilities
 from shared.catalog import Catalog
+from shared.circuit import Circuits
+from shared.provider_stats import TargetStats
 from shared.errors import (
     GatewayError,
     GatewayTimeout,
+    InvalidRequest,
     ProviderError,
     ServiceUnavailable,
 )
@@ -41,7 +44,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("worker.job")
 
 _DONE = b"data: [DONE]\n\n"
-_SUPPORTED = frozenset(REGISTRY)
 
 
 @dataclass(slots=True)
@@ -52,6 +54,12 @@ class WorkerDeps:
     catalog: Catalog
     access: Mapping[str, ProviderAccess]
     timeouts: upstream.Timeouts
+    # Adapter instances by the catalog's adapter name (built-in and custom).
+    adapters: Mapping[str, ProviderAdapter]
+    circuits: Circuits | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Live statistics snapshot, refreshed in the background by the worker process.
+    stats: Mapping[tuple[str, str], TargetStats] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -67,6 +75,7 @@ class JobState:
     first_chunk_ms: int | None = None
     error: GatewayError | None = None
     usage_estimated: bool = False
+    attempt_started_ms: int = 0
 
     def set_usage(self, reported: Usage | None, estimate: Usage) -> Usage:
         """Keep the provider's usage; fall back to an estimate, and remember that."""
@@ -141,16 +150,28 @@ async def _serve(deps: WorkerDeps, job: Job, state: JobState, publisher: ReplyPu
         await _publish_error(publisher, state.error)
         return
     req = ChatRequest(body=body, stream=job.stream, include_usage=job.include_usage)
-    targets = candidates(job.model, deps.catalog, deps.access, supported_adapters=_SUPPORTED)
+    prefs = ProviderPrefs.from_dict(body.get("provider")).over(ProviderPrefs.from_dict(job.routing))
+    models = [job.model, *(body.get("models") or ())]
+    targets = plan(
+        models,
+        deps.catalog,
+        deps.access,
+        prefs,
+        deps.stats,
+        supported_adapters=frozenset(deps.adapters),
+        needs=required_capabilities(body),
+    )
     if not targets:
         state.error = ServiceUnavailable(
-            f"No provider is configured for model '{job.model}'.", code="no_provider"
+            f"No provider is configured for model '{job.model}' with what this request needs.",
+            code="no_provider",
         )
         await _publish_error(publisher, state.error)
         return
 
     async def attempt(target: Target) -> None:
         state.target = target
+        state.attempt_started_ms = now_ms()
         if req.stream:
             await _stream_once(deps, job, req, target, state, publisher)
         else:
@@ -162,10 +183,17 @@ async def _serve(deps: WorkerDeps, job: Job, state: JobState, publisher: ReplyPu
             attempt,
             attempts=state.attempts,
             can_fall_back=lambda: not state.committed,
+            deadline_ms=job.deadline_ms,
+            circuits=deps.circuits,
+            retry=deps.retry,
         )
-    except ProviderError as exc:
+    except (ProviderError, InvalidRequest) as exc:
         state.error = exc
         await _publish_error(publisher, exc)
+        return
+    if state.first_chunk_ms is not None and state.attempts:
+        ttft = state.first_chunk_ms - state.attempt_started_ms
+        state.attempts[-1] = replace(state.attempts[-1], ttft_ms=max(ttft, 0))
 
 
 async def _complete_once(
@@ -176,7 +204,7 @@ async def _complete_once(
     state: JobState,
     publisher: ReplyPublisher,
 ) -> None:
-    adapter = REGISTRY[target.provider.adapter]
+    adapter = deps.adapters[target.provider.adapter]
     completion = await upstream.complete(deps.http, adapter, target, req, deps.timeouts)
     usage = state.set_usage(completion.usage, _estimated_usage(req, completion.choices))
     cost = _cost(target, usage)
@@ -201,7 +229,7 @@ async def _stream_once(
     state: JobState,
     publisher: ReplyPublisher,
 ) -> None:
-    adapter = REGISTRY[target.provider.adapter]
+    adapter = deps.adapters[target.provider.adapter]
     head: dict[str, Any] = {
         "id": completion_id(job.request_id),
         "object": "chat.completion.chunk",
@@ -233,12 +261,15 @@ async def _stream_once(
         if not state.committed:
             held_back.append(data)
             continue
+        meta = None
         if state.first_chunk_ms is None:
             state.first_chunk_ms = now_ms()
+            # The first frame sets the SSE response's headers.
+            meta = {"provider": target.name, "attempts": len(state.attempts) + 1}
         if held_back:
             data = b"".join(held_back) + data
             held_back.clear()
-        publisher.push(data)
+        publisher.push(data, meta)
 
     usage = state.set_usage(
         usage, _estimated_usage(req, [], generated_chars=state.generated_chars)
@@ -256,6 +287,7 @@ def _meta(target: Target, cost_nusd: int, state: JobState) -> dict[str, Any]:
         "cost_nusd": cost_nusd,
         "provider": target.name,
         "model": target.model_id,
+        "attempts": len(state.attempts) + 1,
         "usage_estimated": state.usage_estimated,
     }
 

@@ -18,6 +18,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from redis.asyncio import Redis
@@ -25,10 +26,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
 
 from services.worker import upstream
+from services.worker.alerts import AlertSender
 from services.worker.job import WorkerDeps, execute
+from services.worker.providers import resolve_adapters
 from services.worker.routing import provider_access
 from shared.catalog import catalog_for
+from shared.circuit import Circuits
 from shared.messages import CompletionEvent, Job, MessageError
+from shared.provider_stats import Sample, add_sample, read_stats
 from shared.redis import keys
 from shared.settings import Settings
 
@@ -52,6 +57,8 @@ class Worker:
         claim_idle_ms: int = 30_000,
         heartbeat_s: float = 5.0,
         shutdown_grace_s: float = 30.0,
+        health_refresh_s: float = 1.0,
+        alerts: AlertSender | None = None,
     ) -> None:
         self.deps = deps
         self.redis = deps.redis
@@ -60,8 +67,20 @@ class Worker:
         self.claim_idle_ms = claim_idle_ms
         self.heartbeat_s = heartbeat_s
         self.shutdown_grace_s = shutdown_grace_s
+        self.health_refresh_s = health_refresh_s
+        self.alerts = alerts
         self.running: dict[bytes, Running] = {}
         self._slot_freed = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+        # Every (provider, model) this worker may call: whose health it tracks.
+        self._targets = sorted(
+            {
+                (offer.provider, model.id)
+                for model in deps.catalog.models
+                for offer in model.offers
+                if offer.provider in deps.access
+            }
+        )
 
     async def ensure_group(self) -> None:
         try:
@@ -73,9 +92,11 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         await self.ensure_group()
         log.info("worker_started", consumer=self.name, concurrency=self.concurrency)
+        await self._refresh_health()
         helpers = [
             asyncio.create_task(self._listen_cancels(stop)),
             asyncio.create_task(self._maintain(stop)),
+            asyncio.create_task(self._health_loop(stop)),
         ]
         try:
             await self._read_loop(stop)
@@ -142,6 +163,8 @@ class Worker:
                 cancel.set()
             event = await execute(self.deps, job, cancel=cancel, generation=generation)
             await asyncio.shield(self._finish(entry_id, event))
+            if self.alerts is not None and event.attempts:
+                self.alerts.after_job(event)
             log.info(
                 "job_finished",
                 outcome=event.outcome.value,
@@ -177,6 +200,8 @@ class Worker:
                         approximate=True,
                     )
                     pipe.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
+                    for provider, model, sample in _samples(event):
+                        add_sample(pipe, provider, model, sample)
                     await pipe.execute()
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -184,6 +209,20 @@ class Worker:
                 log.warning("event_append_failed", error=str(exc), retry_in_s=backoff_s)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
+
+    async def _health_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self.health_refresh_s)
+            try:
+                await self._refresh_health()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("health_refresh_failed", error=str(exc))
+
+    async def _refresh_health(self) -> None:
+        """Statistics and circuits for routing, read in the background, never per request."""
+        self.deps.stats = await read_stats(self.redis, self._targets)
+        if self.deps.circuits is not None:
+            await self.deps.circuits.refresh(self._targets)
 
     async def _ack_only(self, entry_id: bytes) -> None:
         await self.redis.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
@@ -262,9 +301,35 @@ class Worker:
         await asyncio.gather(*pending, return_exceptions=True)
 
 
+def _samples(event: CompletionEvent) -> list[tuple[str, str, Sample]]:
+    """One health sample per attempt; business errors and cancellations say nothing of health."""
+    samples = []
+    for attempt in event.attempts:
+        if attempt.outcome not in {"ok", "technical"}:
+            continue
+        ok = attempt.outcome == "ok"
+        tps = None
+        if ok and event.usage.completion_tokens and attempt.latency_ms > (attempt.ttft_ms or 0):
+            generation_s = (attempt.latency_ms - (attempt.ttft_ms or 0)) / 1000
+            tps = event.usage.completion_tokens / generation_s if generation_s >= 0.001 else None
+        sample = Sample(
+            ts_ms=event.finished_ms,
+            ok=ok,
+            latency_ms=attempt.latency_ms,
+            ttft_ms=attempt.ttft_ms if ok else None,
+            tokens_per_s=tps,
+        )
+        samples.append((attempt.provider, attempt.model, sample))
+    return samples
+
+
 async def run_worker(settings: Settings, redis_url: str, stop: asyncio.Event) -> None:
     demo_url = settings.provider_base_urls.get("fake") if settings.demo_mode else None
     catalog = catalog_for(settings.catalog_path, demo_base_url=demo_url)
+    search_dir = Path(settings.catalog_path).resolve().parent if settings.catalog_path else None
+    adapters = resolve_adapters(
+        (p.adapter for p in catalog.providers.values()), search_dir=search_dir
+    )
     redis = Redis.from_url(redis_url, max_connections=None)
     http = upstream.create_client_session()
     deps = WorkerDeps(
@@ -278,12 +343,16 @@ async def run_worker(settings: Settings, redis_url: str, stop: asyncio.Event) ->
             first_byte_s=settings.upstream_first_byte_timeout_s,
             idle_s=settings.upstream_idle_timeout_s,
         ),
+        adapters=adapters,
+        circuits=Circuits(redis),
     )
     if not deps.access:
         log.warning("no_provider_enabled", hint="set API_KEY_<PROVIDER> or run in demo mode")
-    worker = Worker(deps, concurrency=settings.worker_concurrency)
+    alerts = await AlertSender.create(settings, redis_url)
+    worker = Worker(deps, concurrency=settings.worker_concurrency, alerts=alerts)
     try:
         await worker.run(stop)
     finally:
+        await alerts.close()
         await http.close()
         await redis.aclose()

@@ -27,12 +27,18 @@ class ReplyPublisher:
         self._buffer = bytearray()
         self._pump_task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
+        self._next_meta: dict[str, Any] | None = None
         self.listener_gone = asyncio.Event()
         self.frames_sent = 0
 
-    def push(self, data: bytes) -> None:
-        """Queue SSE bytes for the client; sent with whatever else is pending."""
+    def push(self, data: bytes, meta: dict[str, Any] | None = None) -> None:
+        """Queue SSE bytes for the client; sent with whatever else is pending.
+
+        `meta` rides on the frame that carries these bytes (the first frame's sets headers).
+        """
         self._buffer += data
+        if meta:
+            self._next_meta = meta
         if self._pump_task is None or self._pump_task.done():
             self._pump_task = asyncio.create_task(self._pump())
 
@@ -41,7 +47,8 @@ class ReplyPublisher:
             while self._buffer:
                 payload = bytes(self._buffer)
                 self._buffer.clear()
-                await self._publish(FrameKind.CHUNKS, payload, None)
+                meta, self._next_meta = self._next_meta, None
+                await self._publish(FrameKind.CHUNKS, payload, meta)
         except Exception as exc:  # surfaced by finish(); the stream loop keeps going
             self._error = exc
 

@@ -10,6 +10,14 @@
     gw:held:{user}          string   total nUSD held by in-flight requests
     gw:holds:{user}         hash     request id -> "amount:expires_ms" of each hold
     gw:workers              zset     worker id -> last heartbeat (ms)
+    gw:keys:events          pub/sub  api keys revoked/changed: every api process evicts them
+    gw:gcra:{subject}       string   rate limit (GCRA): theoretical arrival time, µs
+    gw:gcra:tok:{subject}   string   token rate limit (GCRA): theoretical arrival time, µs
+    gw:kspend:{key}:{YYYYMM} string  nUSD settled this month through one API key
+    gw:rcache:{digest}      string   cached non-streaming answer (opt-in response cache)
+    gw:pstats:{prov}:{model} list    recent attempt samples of one provider's model
+    gw:circuit:{prov}:{model} hash   circuit breaker: state, failures, opened_ms
+    gw:probe:{prov}:{model} string   held by the one worker probing a half-open circuit
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ EVENTS_STREAM = "gw:events"
 EVENTS_GROUP = "billing"
 CANCEL_CHANNEL = "gw:cancel"
 WORKERS_HEARTBEAT = "gw:workers"
+KEY_EVENTS_CHANNEL = "gw:keys:events"
 
 # Streams are capped approximately; billing acks long before this many events pile up.
 JOBS_STREAM_MAXLEN = 100_000
@@ -48,3 +57,32 @@ def held_total(user_id: str) -> str:
 
 def holds(user_id: str) -> str:
     return f"gw:holds:{user_id}"
+
+
+def provider_stats(provider: str, model: str) -> str:
+    return f"gw:pstats:{provider}:{model}"
+
+
+def circuit(provider: str, model: str) -> str:
+    return f"gw:circuit:{provider}:{model}"
+
+
+def circuit_probe(provider: str, model: str) -> str:
+    return f"gw:probe:{provider}:{model}"
+
+
+def rate_tat(subject: str) -> str:
+    return f"gw:gcra:{subject}"
+
+
+def token_rate_tat(subject: str) -> str:
+    return f"gw:gcra:tok:{subject}"
+
+
+def key_spend(key_id: str, month: str) -> str:
+    """`month` is the UTC month as YYYYMM."""
+    return f"gw:kspend:{key_id}:{month}"
+
+
+def response_cache(digest: str) -> str:
+    return f"gw:rcache:{digest}"

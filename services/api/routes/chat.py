@@ -12,10 +12,35 @@ from aiohttp import web
 from services.api.admission import Admitted
 from services.api.appkeys import ADMISSION, AUTH, CATALOG, REDIS, REPLIES, REQUEST_ID_KEY
 from services.api.relay import FrameReader, cancel_upstream, relay_json, relay_sse
-from services.api.validation import parse_chat_body
-from shared.errors import GatewayError, ModelNotFound
+from services.api.validation import ChatBody, parse_chat_body
+from shared.capabilities import STREAMING
+from shared.catalog import Catalog, Model
+from shared.errors import GatewayError, InvalidRequest, ModelNotFound
 
 log = structlog.get_logger("api.chat")
+
+
+def resolve_model(catalog: Catalog, body: ChatBody) -> Model:
+    """The catalog model asked for; 404 if unknown, 400 if it lacks what the request needs."""
+    model = catalog.find(body.model)
+    if model is None:
+        raise ModelNotFound(
+            f"The model '{body.model}' does not exist. GET /v1/models lists the model names "
+            "(GET /v1/chat/models adds providers, prices and capabilities).",
+            param="model",
+        )
+    for i, name in enumerate(body.fallback_models):
+        if catalog.find(name) is None:
+            raise ModelNotFound(f"The fallback model '{name}' does not exist.", param=f"models[{i}]")
+    missing = sorted(body.needs - model.capabilities - {STREAMING})
+    if missing:
+        raise InvalidRequest(
+            f"The model '{model.id}' does not support {', '.join(missing)}, which this request "
+            "needs. GET /v1/chat/models lists each model's capabilities.",
+            param="model",
+            code="unsupported_capability",
+        )
+    return model
 
 
 def rate_headers(admitted: Admitted) -> dict[str, str]:
@@ -33,12 +58,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     structlog.contextvars.bind_contextvars(user_id=principal.user_id, key_id=principal.key_id)
     raw = await request.read()
     body = parse_chat_body(raw)
-    model = app[CATALOG].find(body.model)
-    if model is None:
-        raise ModelNotFound(
-            f"The model '{body.model}' does not exist. GET /v1/models lists the models.",
-            param="model",
-        )
+    model = resolve_model(app[CATALOG], body)
 
     request_id: str = request[REQUEST_ID_KEY]
     replies = app[REPLIES]

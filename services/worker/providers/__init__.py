@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+
 from services.worker.providers.base import ProviderAdapter
 from services.worker.providers.openai_compat import OpenAICompatible
 
@@ -34,3 +37,19 @@ REGISTRY: dict[str, ProviderAdapter] = {
 
 def adapter_for(name: str) -> ProviderAdapter | None:
     return REGISTRY.get(name)
+
+
+def resolve_adapters(
+    adapter_names: Iterable[str], *, search_dir: Path | None = None
+) -> dict[str, ProviderAdapter]:
+    """Every adapter the catalog names: built in, or a custom class by dotted path.
+
+    A custom class that cannot be loaded stops the worker at start, not at the first call.
+    """
+    from services.worker.providers.custom import load_adapter
+
+    resolved: dict[str, ProviderAdapter] = {}
+    for name in set(adapter_names):
+        adapter = REGISTRY.get(name)
+        resolved[name] = adapter if adapter is not None else load_adapter(name, search_dir=search_dir)
+    return resolved
