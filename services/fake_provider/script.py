@@ -3,10 +3,12 @@
 Two ways to script, with the same field names:
 
 - a FIFO queue filled over the control API (`POST /_fake/script`), each step consumed by
-  the next chat request (optionally only by a request for the step's `model`);
+  the next chat request (optionally only by a request for the step's `model` and/or
+  arriving in the step's `wire` format);
 - directives in the text of the last user message, for tests that drive separate
   processes and can only shape the request itself:
-  `[[fake:status=429,retry_after=1]]`, `[[fake:drop_after=3]]`, `[[fake:hang]]`.
+  `[[fake:status=429,retry_after=1]]`, `[[fake:drop_after=3]]`, `[[fake:hang]]`,
+  `[[fake:tool=get_weather]]`, `[[fake:tools=get_weather+get_time]]`, `[[fake:eos]]`.
 
 A directive overrides a queued step field by field; both override the server's config.
 """
@@ -30,9 +32,9 @@ class ScriptError(ValueError):
 class Step:
     """What one request should do; None leaves a field to the next layer down."""
 
-    status: int | None = None  # answer with this HTTP status and OpenAI's error body for it
+    status: int | None = None  # answer with this HTTP status and the wire's error body for it
     code: str | None = None  # override the error code (e.g. insufficient_quota on a 429)
-    retry_after: float | None = None  # seconds, sent as the `retry-after` header
+    retry_after: float | None = None  # seconds: `retry-after` header (Gemini: also RetryInfo)
     ttft_ms: int | None = None
     chunks: int | None = None
     chunk_delay_ms: int | None = None
@@ -40,7 +42,11 @@ class Step:
     error_event_after: int | None = None  # send a `data: {"error": ...}` event after N chunks
     hang: bool | None = None  # accept and never answer, until the client goes away
     reply: str | None = None
+    tool: str | None = None  # call this offered tool instead of answering text
+    tools: str | None = None  # `a+b`: call these offered tools in parallel
+    eos: bool | None = None  # Together only: finish_reason `eos` instead of `stop`
     model: str | None = None  # queued steps only: consumed only by requests for this model
+    wire: str | None = None  # queued steps only: consumed only by requests in this format
 
     @classmethod
     def from_json(cls, raw: object) -> Self:
@@ -61,8 +67,8 @@ class Step:
                     continue
                 name, eq, value = item.partition("=")
                 name = name.strip()
-                if name == "model":
-                    raise ScriptError("`model` is only valid in queued script steps")
+                if name in _QUEUE_ONLY:
+                    raise ScriptError(f"`{name}` is only valid in queued script steps")
                 values[name] = _convert(name, value.strip() if eq else True)
         return cls(**values) if values else None
 
@@ -75,7 +81,10 @@ class Step:
 _INT_FIELDS = frozenset(
     {"status", "ttft_ms", "chunks", "chunk_delay_ms", "drop_after", "error_event_after"}
 )
-_STR_FIELDS = frozenset({"code", "reply", "model"})
+_STR_FIELDS = frozenset({"code", "reply", "tool", "tools", "model", "wire"})
+_BOOL_FIELDS = frozenset({"hang", "eos"})
+_QUEUE_ONLY = frozenset({"model", "wire"})
+WIRES = frozenset({"openai", "together", "anthropic", "gemini"})
 _NAMES = frozenset(f.name for f in fields(Step))
 
 
@@ -96,11 +105,13 @@ def _convert(name: str, value: object) -> Any:
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise ValueError
             return float(value)
-        if name == "hang":
+        if name in _BOOL_FIELDS:
             if isinstance(value, str):
                 return value.lower() in {"1", "true", "yes", "on"}
             if isinstance(value, bool):
                 return value
+            raise ValueError
+        if name == "wire" and value not in WIRES:
             raise ValueError
         if name in _STR_FIELDS and isinstance(value, str):
             return value
@@ -123,10 +134,12 @@ class Script:
     def push(self, steps: Iterable[Step]) -> None:
         self._steps.extend(steps)
 
-    def take(self, model: str) -> Step | None:
-        """The first step for `model` (or for any model), removed from the queue."""
+    def take(self, model: str, wire: str) -> Step | None:
+        """The first step for `model` and `wire` (or for any), removed from the queue."""
         for i, step in enumerate(self._steps):
-            if step.model is None or step.model == model:
+            if (step.model is None or step.model == model) and (
+                step.wire is None or step.wire == wire
+            ):
                 return self._steps.pop(i)
         return None
 

@@ -16,7 +16,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from services.fake_provider import cli
 from services.fake_provider.app import DEFAULT_REPLY, FakeConfig, create_app
 from services.fake_provider.script import ScriptError, Step
-from services.fake_provider.wire import split_reply
+from services.fake_provider.pieces import split_reply
 from tests.oracles import validate_openai
 
 AUTH = {"Authorization": "Bearer sk-fake"}
