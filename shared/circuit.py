@@ -92,6 +92,16 @@ class Circuits:
         view = self.snapshot.get((provider, model), CLOSED)
         return view.state is CircuitState.CLOSED
 
+    def probe_due(self, provider: str, model: str, now_ms: int | None = None) -> bool:
+        """Open and cooled down (or half-open): the next request should be the probe."""
+        view = self.snapshot.get((provider, model), CLOSED)
+        if view.state is CircuitState.HALF_OPEN:
+            return True
+        if view.state is not CircuitState.OPEN or view.opened_ms is None:
+            return False
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        return now - view.opened_ms >= self.policy.cooldown_ms
+
     async def allow(self, provider: str, model: str) -> bool:
         """May we call this target now? Free when the snapshot says closed."""
         if self.looks_closed(provider, model):

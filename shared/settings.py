@@ -78,6 +78,10 @@ class Settings:
     upstream_connect_timeout_s: float = 10.0
     upstream_first_byte_timeout_s: float = 60.0
     upstream_idle_timeout_s: float = 60.0
+    # Routing (issue 4): retries on one provider, circuit breakers.
+    provider_max_retries: int = 1
+    circuit_failure_threshold: int = 5
+    circuit_cooldown_s: float = 30.0
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
     log_prompts: bool = False
@@ -130,6 +134,9 @@ class Settings:
             upstream_connect_timeout_s=_float(env, "UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10.0),
             upstream_first_byte_timeout_s=_float(env, "UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS", 60.0),
             upstream_idle_timeout_s=_float(env, "UPSTREAM_IDLE_TIMEOUT_SECONDS", 60.0),
+            provider_max_retries=_int(env, "PROVIDER_MAX_RETRIES", 1),
+            circuit_failure_threshold=_int(env, "CIRCUIT_FAILURE_THRESHOLD", 5),
+            circuit_cooldown_s=_float(env, "CIRCUIT_COOLDOWN_SECONDS", 30.0),
             log_level=env.get("LOG_LEVEL", "info").lower(),
             log_format=env.get("LOG_FORMAT", "auto").lower(),
             log_prompts=_bool(env, "LOG_PROMPTS", False),

@@ -161,6 +161,11 @@ async def _serve(deps: WorkerDeps, job: Job, state: JobState, publisher: ReplyPu
         supported_adapters=frozenset(deps.adapters),
         needs=required_capabilities(body),
     )
+    if deps.circuits is not None:
+        # A recovering provider gets real traffic as its probe: tried first, and the
+        # request falls back as usual if the probe fails. Only one request wins the probe.
+        due = [t for t in targets if deps.circuits.probe_due(t.name, t.model_id)]
+        targets = due + [t for t in targets if t not in due]
     if not targets:
         state.error = ServiceUnavailable(
             f"No provider is configured for model '{job.model}' with what this request needs.",

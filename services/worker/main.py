@@ -27,11 +27,12 @@ from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
 
 from services.worker import upstream
 from services.worker.alerts import AlertSender
+from services.worker.fallback import RetryPolicy
 from services.worker.job import WorkerDeps, execute
 from services.worker.providers import resolve_adapters
 from services.worker.routing import provider_access
 from shared.catalog import catalog_for
-from shared.circuit import Circuits
+from shared.circuit import CircuitPolicy, Circuits
 from shared.messages import CompletionEvent, Job, MessageError
 from shared.provider_stats import Sample, add_sample, read_stats
 from shared.redis import keys
@@ -344,7 +345,14 @@ async def run_worker(settings: Settings, redis_url: str, stop: asyncio.Event) ->
             idle_s=settings.upstream_idle_timeout_s,
         ),
         adapters=adapters,
-        circuits=Circuits(redis),
+        circuits=Circuits(
+            redis,
+            CircuitPolicy(
+                failure_threshold=settings.circuit_failure_threshold,
+                cooldown_ms=int(settings.circuit_cooldown_s * 1000),
+            ),
+        ),
+        retry=RetryPolicy(max_retries=settings.provider_max_retries),
     )
     if not deps.access:
         log.warning("no_provider_enabled", hint="set API_KEY_<PROVIDER> or run in demo mode")

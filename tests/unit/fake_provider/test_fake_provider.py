@@ -3,7 +3,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -14,39 +14,13 @@ from aiohttp.test_utils import TestServer
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from services.fake_provider import cli
-from services.fake_provider.app import DEFAULT_REPLY, FakeConfig, create_app
-from services.fake_provider.script import ScriptError, Step
+from services.fake_provider.app import DEFAULT_REPLY
 from services.fake_provider.pieces import split_reply
+from services.fake_provider.script import ScriptError, Step
 from tests.oracles import validate_openai
+from tests.unit.fake_provider.conftest import Start
 
 AUTH = {"Authorization": "Bearer sk-fake"}
-Start = Callable[..., Awaitable[TestServer]]
-
-
-@pytest.fixture
-async def start() -> AsyncIterator[Start]:
-    servers: list[TestServer] = []
-
-    async def _start(**config: Any) -> TestServer:
-        server = TestServer(create_app(FakeConfig(**config)))
-        await server.start_server()
-        servers.append(server)
-        return server
-
-    yield _start
-    for server in servers:
-        await server.close()
-
-
-@pytest.fixture
-async def server(start: Start) -> TestServer:
-    return await start()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def chat_body(text: str = "Hi there you", **extra: Any) -> dict[str, Any]:

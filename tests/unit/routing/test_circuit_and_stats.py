@@ -76,3 +76,13 @@ class TestStats:
         assert Sample.decode(b"nonsense") is None
         sample = Sample(1, True, 2, None, None)
         assert Sample.decode(sample.encode()) == sample
+
+
+async def test_probe_due_after_cooldown(redis: FakeAsyncRedis) -> None:
+    c = Circuits(redis, CircuitPolicy(failure_threshold=1, cooldown_ms=1000))
+    await c.record_failure("p", "m")
+    opened = c.snapshot[("p", "m")].opened_ms
+    assert opened is not None
+    assert not c.probe_due("p", "m", now_ms=opened + 10)
+    assert c.probe_due("p", "m", now_ms=opened + 1000)
+    assert not c.probe_due("q", "m")
