@@ -1,0 +1,22 @@
+"""Anthropic Messages API (wire-formats doc §2): request, response, stream and errors.
+
+    request.py   OpenAI request -> Anthropic body (strict; 400 for what cannot be said)
+"""
+
+from __future__ import annotations
+
+from services.worker.providers.anthropic.request import (
+    ANTHROPIC_VERSION,
+    JSON_TOOL_NAME,
+    anthropic_tool_id,
+    build_request,
+    translate_body,
+)
+
+__all__ = [
+    "ANTHROPIC_VERSION",
+    "JSON_TOOL_NAME",
+    "anthropic_tool_id",
+    "build_request",
+    "translate_body",
+]
