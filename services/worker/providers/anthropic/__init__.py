@@ -1,10 +1,12 @@
 """Anthropic Messages API (wire-formats doc §2): request, response, stream and errors.
 
     request.py   OpenAI request -> Anthropic body (strict; 400 for what cannot be said)
+    errors.py    Anthropic failures -> the gateway's error tree
 """
 
 from __future__ import annotations
 
+from services.worker.providers.anthropic.errors import classify_error, error_from_payload
 from services.worker.providers.anthropic.request import (
     ANTHROPIC_VERSION,
     JSON_TOOL_NAME,
@@ -18,5 +20,7 @@ __all__ = [
     "JSON_TOOL_NAME",
     "anthropic_tool_id",
     "build_request",
+    "classify_error",
+    "error_from_payload",
     "translate_body",
 ]
