@@ -1,6 +1,7 @@
 """Anthropic Messages API (wire-formats doc §2): request, response, stream and errors.
 
     request.py   OpenAI request -> Anthropic body (strict; 400 for what cannot be said)
+    response.py  Anthropic message -> OpenAI choice, finish_reason and usage
     errors.py    Anthropic failures -> the gateway's error tree
 """
 
@@ -14,6 +15,11 @@ from services.worker.providers.anthropic.request import (
     build_request,
     translate_body,
 )
+from services.worker.providers.anthropic.response import (
+    finish_reason,
+    parse_response,
+    usage_from_anthropic,
+)
 
 __all__ = [
     "ANTHROPIC_VERSION",
@@ -22,5 +28,8 @@ __all__ = [
     "build_request",
     "classify_error",
     "error_from_payload",
+    "finish_reason",
+    "parse_response",
     "translate_body",
+    "usage_from_anthropic",
 ]
