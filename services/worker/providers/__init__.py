@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from services.worker.providers.anthropic import AnthropicAdapter
 from services.worker.providers.base import ProviderAdapter
 from services.worker.providers.openai_compat import OpenAICompatible
 
@@ -32,6 +33,7 @@ REGISTRY: dict[str, ProviderAdapter] = {
     "openai": OpenAICompatible("openai"),
     "together": OpenAICompatible("together", drop_params=TOGETHER_DROP_PARAMS, stop_as_list=True),
     "openai_compat": OpenAICompatible("openai_compat"),
+    "anthropic": AnthropicAdapter("anthropic"),
 }
 
 
