@@ -35,7 +35,7 @@ from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.billing.settle import settle
+from services.billing.settle import settle, settle_batch
 from shared.messages import CompletionEvent, MessageError
 from shared.redis import keys
 
@@ -50,6 +50,7 @@ DEAD_LETTER_STREAM = "gw:events:dead"
 DEAD_LETTER_MAXLEN = 100_000
 # The stream field the worker writes the encoded CompletionEvent into.
 EVENT_FIELD = b"e"
+_RELEASE_CONCURRENCY = 32
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -122,6 +123,7 @@ class BillingConsumer:
     :param consumer_name: this member's name; reuse it across restarts.
     :param claim_idle_ms: entries pending longer than this are claimed from their
         consumer, which is presumed dead.
+    :param bulk: settle each read batch in one transaction (else one per event).
     """
 
     def __init__(
@@ -138,6 +140,7 @@ class BillingConsumer:
         backoff_max_s: float = 10.0,
         stream: str = keys.EVENTS_STREAM,
         group: str = keys.EVENTS_GROUP,
+        bulk: bool = True,
     ) -> None:
         self.redis = redis
         self.sessions = sessions
@@ -148,6 +151,7 @@ class BillingConsumer:
         self.claim_idle_ms = claim_idle_ms
         self.stream = stream
         self.group = group
+        self.bulk = bulk
         self._backoff = Backoff(backoff_initial_s, backoff_max_s)
         # Claiming scans the group's pending list; once per fraction of the idle time
         # is enough to pick up a dead consumer's entries promptly.
@@ -261,33 +265,93 @@ class BillingConsumer:
             start = next_start
 
     async def _process(self, entries: Sequence[Entry]) -> int:
-        """Settle each entry in order, then ack them all in one call."""
+        """Settle the entries (as one batch when `bulk`), then ack them in one call."""
         if not entries:
             return 0
+        decoded: list[tuple[bytes, dict[bytes, bytes], CompletionEvent]] = []
+        skipped: list[bytes] = []
+        for entry_id, fields in entries:
+            event = await self._decode(entry_id, fields)
+            if event is None:
+                skipped.append(entry_id)
+            else:
+                decoded.append((entry_id, fields, event))
+        if skipped:  # dead-lettered or empty: done with them whatever happens next
+            await self.redis.xack(self.stream, self.group, *skipped)
+        if self.bulk and len(decoded) > 1:
+            if not await self._settle_batch([event for _, _, event in decoded]):
+                await self._settle_one_by_one(decoded)
+        else:
+            await self._settle_one_by_one(decoded)
+        if decoded:
+            await self.redis.xack(self.stream, self.group, *(entry[0] for entry in decoded))
+        return len(entries)
+
+    async def _decode(self, entry_id: bytes, fields: dict[bytes, bytes]) -> CompletionEvent | None:
+        """The entry's event; None (dead-lettered or logged) when there is nothing to settle."""
+        if not fields:
+            # Trimmed or deleted from the stream while pending: nothing left to settle.
+            log.warning("event_entry_missing", entry_id=entry_id.decode())
+            return None
+        try:
+            return CompletionEvent.decode(fields[EVENT_FIELD])
+        except (KeyError, MessageError) as exc:
+            log.error("event_undecodable", entry_id=entry_id.decode(), error=str(exc)[:200])
+            await self._dead_letter(entry_id, fields, f"undecodable: {exc}")
+            return None
+
+    async def _settle_batch(self, events: list[CompletionEvent]) -> bool:
+        """One transaction for the whole batch. False when it must be redone one by one
+        (an error tied to some event's data); transient errors propagate (retry later)."""
+        try:
+            async with self.sessions.begin() as session:
+                outcome = await settle_batch(session, events)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.warning("batch_settle_fallback", events=len(events), error=type(exc).__name__)
+            return False
+        # After the commit: holds are released even for already-settled events, because
+        # the attempt that settled them may have died before this step.
+        await self._release_holds(events)
+        for event in outcome.settled:
+            log.info(
+                "event_settled",
+                request_id=event.request_id,
+                user_id=event.user_id,
+                cost_nusd=event.cost_nusd,
+                provider=event.provider,
+            )
+        if outcome.already_settled:
+            log.info("events_already_settled", count=len(outcome.already_settled))
+        return True
+
+    async def _settle_one_by_one(
+        self, decoded: Sequence[tuple[bytes, dict[bytes, bytes], CompletionEvent]]
+    ) -> None:
         done: list[bytes] = []
         try:
-            for entry_id, fields in entries:
-                await self._handle(entry_id, fields)
+            for entry_id, fields, event in decoded:
+                await self._handle(entry_id, fields, event)
                 done.append(entry_id)
         except Exception:
             # Spare what was already settled a redelivery; the rest stays pending.
             if done:
                 await self.redis.xack(self.stream, self.group, *done)
             raise
-        await self.redis.xack(self.stream, self.group, *done)
-        return len(done)
 
-    async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        if not fields:
-            # Trimmed or deleted from the stream while pending: nothing left to settle.
-            log.warning("event_entry_missing", entry_id=entry_id.decode())
-            return
-        try:
-            event = CompletionEvent.decode(fields[EVENT_FIELD])
-        except (KeyError, MessageError) as exc:
-            log.error("event_undecodable", entry_id=entry_id.decode(), error=str(exc)[:200])
-            await self._dead_letter(entry_id, fields, f"undecodable: {exc}")
-            return
+    async def _release_holds(self, events: Sequence[CompletionEvent]) -> None:
+        for event in events:
+            await self.funds.release_hold(
+                user_id=event.user_id,
+                request_id=event.request_id,
+                debit_nusd=event.cost_nusd,
+                key_id=event.key_id,
+            )
+
+    async def _handle(
+        self, entry_id: bytes, fields: dict[bytes, bytes], event: CompletionEvent
+    ) -> None:
         with structlog.contextvars.bound_contextvars(request_id=event.request_id):
             try:
                 async with self.sessions.begin() as session:
@@ -306,9 +370,7 @@ class BillingConsumer:
                 return
             # After the commit: the hold is released even for an already-settled event,
             # because the attempt that settled it may have died before this step.
-            await self.funds.release_hold(
-                user_id=event.user_id, request_id=event.request_id, debit_nusd=event.cost_nusd
-            )
+            await self._release_holds([event])
             if settled:
                 log.info(
                     "event_settled",
@@ -334,22 +396,40 @@ async def run_billing(
     stop: asyncio.Event,
     *,
     consumer_name: str | None = None,
+    reconcile_every_min: int = 10,
 ) -> None:
-    """Run the billing consumer until `stop` is set, then close what it opened."""
+    """Run the billing consumer and, beside it, the arq worker of the billing jobs
+    (reconciliation, stale holds), until `stop` is set; then close what it opened."""
+    import aiohttp
     from redis.asyncio import Redis as RedisClient
     from sqlalchemy.engine import make_url
 
+    from services.billing.jobs import (
+        JobDeps,
+        create_arq_pool,
+        create_arq_worker,
+        stop_arq_worker,
+    )
     from shared.db.engine import create_engine, create_sessionmaker
     from shared.redis.funds import Funds
 
     database_url = settings.effective_database_url
     engine = create_engine(database_url)
+    sessions = create_sessionmaker(engine)
     # socket_timeout stays well above the XREADGROUP block time.
     redis = RedisClient.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30)
+    http = aiohttp.ClientSession()
+    arq_pool = await create_arq_pool(redis_url)
+    jobs = create_arq_worker(
+        arq_pool,
+        JobDeps(settings=settings, sessions=sessions, redis=redis, http=http),
+        reconcile_every_min=reconcile_every_min,
+    )
+    jobs_task = asyncio.create_task(jobs.async_run())
     try:
         consumer = BillingConsumer(
             redis,
-            create_sessionmaker(engine),
+            sessions,
             Funds(redis),
             consumer_name=consumer_name or default_consumer_name(),
         )
@@ -359,5 +439,7 @@ async def run_billing(
         )
         await consumer.run(stop)
     finally:
+        await stop_arq_worker(jobs, arq_pool, jobs_task)
+        await http.close()
         await redis.aclose()
         await engine.dispose()

@@ -19,10 +19,13 @@ would commit everything early. After the lock, the SAVEPOINT always nests.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -200,4 +203,215 @@ async def list_transactions(
         .order_by(LedgerTransaction.id.desc())
         .limit(limit)
     )
+    return (await session.scalars(stmt)).all()
+
+
+# --- refunds and adjustments --------------------------------------------------------------
+
+
+async def refund(
+    session: AsyncSession,
+    user_id: str,
+    amount_nusd: int,
+    *,
+    idempotency_key: str,
+    reason: str,
+    reference: str | None = None,
+) -> tuple[LedgerTransaction, bool]:
+    """Give money back (positive), with a reason and what it refers to (a request id).
+
+    Returns (row, created); the same key again changes nothing.
+    """
+    if amount_nusd <= 0:
+        raise ValueError(f"refund amount must be positive, got {amount_nusd}")
+    if not reason:
+        raise ValueError("a refund needs a reason")
+    return await append(
+        session,
+        user_id,
+        LedgerKind.REFUND,
+        amount_nusd,
+        idempotency_key,
+        reason,
+        request_id=reference,
+    )
+
+
+async def adjust(
+    session: AsyncSession,
+    user_id: str,
+    amount_nusd: int,
+    *,
+    idempotency_key: str,
+    reason: str,
+) -> tuple[LedgerTransaction, bool]:
+    """An operator's correction, either sign. Returns (row, created), once per key."""
+    if amount_nusd == 0:
+        raise ValueError("an adjustment of zero changes nothing")
+    if not reason:
+        raise ValueError("an adjustment needs a reason")
+    return await append(
+        session, user_id, LedgerKind.ADJUSTMENT, amount_nusd, idempotency_key, reason
+    )
+
+
+# --- settlement in bulk -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Debit:
+    """One request's charge, for `debit_many`."""
+
+    user_id: str
+    amount_nusd: int
+    request_id: str
+    reason: str | None
+
+
+async def lock_wallets(session: AsyncSession, user_ids: Iterable[str]) -> dict[str, int]:
+    """Lock the wallets (in user-id order, so concurrent batches cannot deadlock) and
+    return their balances. Missing wallets are absent from the result."""
+    ordered = sorted(set(user_ids))
+    if not ordered:
+        return {}
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite locks the whole database on the first write; see the module docstring.
+        await session.execute(
+            update(Wallet)
+            .where(Wallet.user_id.in_(ordered))
+            .values(balance_nusd=Wallet.balance_nusd)
+            .execution_options(synchronize_session=False)
+        )
+        stmt = select(Wallet.user_id, Wallet.balance_nusd).where(Wallet.user_id.in_(ordered))
+    else:
+        stmt = (
+            select(Wallet.user_id, Wallet.balance_nusd)
+            .where(Wallet.user_id.in_(ordered))
+            .order_by(Wallet.user_id)
+            .with_for_update()
+        )
+    return {user_id: int(balance) for user_id, balance in (await session.execute(stmt)).all()}
+
+
+async def debit_many(session: AsyncSession, debits: Sequence[Debit]) -> int:
+    """Charge many requests at once: one lock query, one UPDATE per wallet in a single
+    executemany, one multi-row INSERT. Returns the number of rows written.
+
+    All or nothing: a request id that was already charged makes the INSERT fail with
+    IntegrityError (the unique idempotency key), and the caller's transaction must be
+    rolled back; `debit()` one by one then tells the duplicates apart.
+
+    :raises UnknownWallet: a debit names a user without a wallet.
+    """
+    if not debits:
+        return 0
+    for item in debits:
+        if item.amount_nusd <= 0:
+            raise ValueError(f"debit amount must be positive, got {item.amount_nusd}")
+    balances = await lock_wallets(session, (d.user_id for d in debits))
+    rows: list[dict[str, Any]] = []
+    for item in debits:
+        if item.user_id not in balances:
+            raise UnknownWallet(item.user_id)
+        balances[item.user_id] -= item.amount_nusd
+        rows.append(
+            {
+                "user_id": item.user_id,
+                "kind": LedgerKind.DEBIT.value,
+                "amount_nusd": -item.amount_nusd,
+                "balance_after_nusd": balances[item.user_id],
+                "idempotency_key": item.request_id,
+                "request_id": item.request_id,
+                "reason": item.reason,
+            }
+        )
+    touched = {d.user_id for d in debits}
+    table = Wallet.__table__
+    await session.execute(
+        table.update()
+        .where(table.c.user_id == bindparam("uid"))
+        .values(balance_nusd=bindparam("balance"), updated_at=func.now()),
+        [{"uid": uid, "balance": balances[uid]} for uid in sorted(touched)],
+    )
+    await session.execute(insert(LedgerTransaction), rows)
+    return len(rows)
+
+
+# --- reports and queries ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WalletDrift:
+    user_id: str
+    balance_nusd: int
+    ledger_sum_nusd: int
+
+    @property
+    def drift_nusd(self) -> int:
+        return self.balance_nusd - self.ledger_sum_nusd
+
+
+async def wallet_drift(session: AsyncSession) -> tuple[int, list[WalletDrift]]:
+    """(wallets checked, those whose balance is not the sum of their ledger rows)."""
+    sums = (
+        select(
+            LedgerTransaction.user_id.label("user_id"),
+            func.sum(LedgerTransaction.amount_nusd).label("total"),
+        )
+        .group_by(LedgerTransaction.user_id)
+        .subquery()
+    )
+    total = func.coalesce(sums.c.total, 0)
+    stmt = (
+        select(Wallet.user_id, Wallet.balance_nusd, total)
+        .outerjoin(sums, sums.c.user_id == Wallet.user_id)
+        .order_by(Wallet.user_id)
+    )
+    checked = 0
+    drifted: list[WalletDrift] = []
+    for user_id, balance, ledger_total in (await session.execute(stmt)).all():
+        checked += 1
+        if int(balance) != int(ledger_total):
+            drifted.append(WalletDrift(user_id, int(balance), int(ledger_total)))
+    return checked, drifted
+
+
+async def debits_without_usage(session: AsyncSession, *, limit: int = 1000) -> list[str]:
+    """Request ids charged in the ledger that have no usage row (settlement writes both)."""
+    from shared.db.models import UsageRecord
+
+    stmt = (
+        select(LedgerTransaction.request_id)
+        .outerjoin(UsageRecord, UsageRecord.request_id == LedgerTransaction.request_id)
+        .where(LedgerTransaction.kind == LedgerKind.DEBIT.value, UsageRecord.id.is_(None))
+        .order_by(LedgerTransaction.id)
+        .limit(limit)
+    )
+    return [str(rid) for rid in (await session.scalars(stmt)).all()]
+
+
+async def transactions_page(
+    session: AsyncSession,
+    *,
+    user_id: str | None = None,
+    kinds: Iterable[str] = (),
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> Sequence[LedgerTransaction]:
+    """Ledger rows newest first, filtered; pass the last row's id as `before_id` for
+    the next page (ids follow insertion order, so pages never skip or repeat a row)."""
+    stmt = select(LedgerTransaction).order_by(LedgerTransaction.id.desc()).limit(limit)
+    if user_id is not None:
+        stmt = stmt.where(LedgerTransaction.user_id == user_id)
+    kind_list = [LedgerKind(k).value for k in kinds]
+    if kind_list:
+        stmt = stmt.where(LedgerTransaction.kind.in_(kind_list))
+    if since is not None:
+        stmt = stmt.where(LedgerTransaction.created_at >= since)
+    if until is not None:
+        stmt = stmt.where(LedgerTransaction.created_at < until)
+    if before_id is not None:
+        stmt = stmt.where(LedgerTransaction.id < before_id)
     return (await session.scalars(stmt)).all()

@@ -1,0 +1,97 @@
+"""Settlement in bulk: one transaction per batch, still exactly once, on both databases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.billing.consumer import BillingConsumer
+from services.billing.settle import settle_batch
+from shared.db.models import LedgerTransaction, UsageRecord
+from shared.db.repositories import ledger
+from shared.redis import keys
+from shared.redis.funds import Funds
+from tests.integration.billing.events import (
+    completion_event,
+    funded_user,
+    holds_left,
+    place_hold,
+    publish,
+)
+
+
+async def _ledger(sessions: async_sessionmaker[AsyncSession], user_id: str) -> list[Any]:
+    async with sessions() as s:
+        rows = await s.scalars(
+            select(LedgerTransaction)
+            .where(LedgerTransaction.user_id == user_id)
+            .order_by(LedgerTransaction.id)
+        )
+        return list(rows)
+
+
+async def test_batch_settles_each_event_once_with_an_exact_balance_chain(
+    any_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    alice = await funded_user(any_sessions, 10**9)
+    bob = await funded_user(any_sessions, 5 * 10**8)
+    events = [completion_event(alice, cost_nusd=1000 + i) for i in range(7)]
+    events += [completion_event(bob, cost_nusd=333 * (i + 1)) for i in range(5)]
+    events.append(completion_event(bob, cost_nusd=0))  # a failed request: usage, no debit
+    events.append(events[0])  # the same event twice in one batch
+    stranger = completion_event("usr_nobody")
+
+    async with any_sessions.begin() as s:
+        outcome = await settle_batch(s, [*events, stranger])
+    assert len(outcome.settled) == 13
+    assert outcome.already_settled == [events[0]]
+    assert outcome.unknown_user == [stranger]
+
+    async with any_sessions.begin() as s:  # redelivered: nothing changes
+        again = await settle_batch(s, events[:13])
+    assert again.settled == [] and len(again.already_settled) == 13
+
+    for user_id, start, costs in (
+        (alice, 10**9, [1000 + i for i in range(7)]),
+        (bob, 5 * 10**8, [333 * (i + 1) for i in range(5)]),
+    ):
+        rows = await _ledger(any_sessions, user_id)
+        debits = [r for r in rows if r.kind == "debit"]
+        assert [-r.amount_nusd for r in debits] == costs
+        # Each row's balance_after is the previous one minus its amount: the chain holds.
+        running = start
+        for row in debits:
+            running += row.amount_nusd
+            assert row.balance_after_nusd == running
+        async with any_sessions() as s:
+            assert await ledger.get_balance(s, user_id) == running == await ledger.ledger_sum(s, user_id)
+    async with any_sessions() as s:
+        usage_ids = set((await s.scalars(select(UsageRecord.request_id))).all())
+    assert usage_ids == {e.request_id for e in events}
+
+
+async def test_a_conflicting_batch_falls_back_to_one_by_one(
+    redis: Redis, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    user_id = await funded_user(sessions, 10**9)
+    events = [completion_event(user_id, cost_nusd=500 + i) for i in range(6)]
+    # A debit under one request's key already exists without its usage row (written by
+    # hand, say): the batch INSERT fails on the unique key, and one by one recognises it.
+    async with sessions.begin() as s:
+        await ledger.debit(s, user_id, events[2].cost_nusd, request_id=events[2].request_id, reason="x")
+    for event in events:
+        await place_hold(redis, event)
+        await publish(redis, event)
+    consumer = BillingConsumer(redis, sessions, Funds(redis), consumer_name="bulk-test", block_ms=20)
+
+    assert await consumer.drain_once() == 6
+
+    debits = [r for r in await _ledger(sessions, user_id) if r.kind == "debit"]
+    assert sorted(r.request_id for r in debits) == sorted(e.request_id for e in events)
+    async with sessions() as s:
+        assert await ledger.get_balance(s, user_id) == 10**9 - sum(e.cost_nusd for e in events)
+    assert await holds_left(redis, user_id) == 0
+    assert int((await redis.xpending(keys.EVENTS_STREAM, keys.EVENTS_GROUP))["pending"]) == 0
