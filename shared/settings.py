@@ -78,6 +78,9 @@ class Settings:
     upstream_connect_timeout_s: float = 10.0
     upstream_first_byte_timeout_s: float = 60.0
     upstream_idle_timeout_s: float = 60.0
+    # Image URLs the worker fetches for providers that need bytes: public hosts only,
+    # unless the operator's images live on private networks (never cloud metadata).
+    media_allow_private_networks: bool = False
     # Routing (issue 4): retries on one provider, circuit breakers.
     provider_max_retries: int = 1
     circuit_failure_threshold: int = 5
@@ -134,6 +137,7 @@ class Settings:
             upstream_connect_timeout_s=_float(env, "UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10.0),
             upstream_first_byte_timeout_s=_float(env, "UPSTREAM_FIRST_BYTE_TIMEOUT_SECONDS", 60.0),
             upstream_idle_timeout_s=_float(env, "UPSTREAM_IDLE_TIMEOUT_SECONDS", 60.0),
+            media_allow_private_networks=_bool(env, "MEDIA_ALLOW_PRIVATE_NETWORKS", False),
             provider_max_retries=_int(env, "PROVIDER_MAX_RETRIES", 1),
             circuit_failure_threshold=_int(env, "CIRCUIT_FAILURE_THRESHOLD", 5),
             circuit_cooldown_s=_float(env, "CIRCUIT_COOLDOWN_SECONDS", 30.0),
