@@ -194,23 +194,71 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
         else None
     )
 
+    allowed_models = _catalog_model_ids(settings, args.models) if args.models else None
+    spend_limit = parse_usd_amount(args.monthly_limit) if args.monthly_limit else None
+    secret = _key_secret(settings)
+
     async def work(sessions: async_sessionmaker[AsyncSession]) -> int:
         async with sessions.begin() as session:
             await _require_user(session, args.user)
             key, plaintext = await api_keys.create_api_key(
-                session, args.user, name=args.name, expires_at=expires_at
+                session,
+                args.user,
+                secret=secret,
+                name=args.name,
+                expires_at=expires_at,
+                allowed_models=allowed_models,
+                rate_limit_rpm=args.rpm,
+                monthly_spend_limit_nusd=spend_limit,
             )
         # The key alone on stdout, so `KEY=$(gateway keys create ...)` works.
         print(plaintext)
         expiry = f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else ""
         print(
             f"created key {key.id} for {args.user}{expiry}.\n"
+            f"{_key_scope(key.allowed_models, key.rate_limit_rpm, key.monthly_spend_limit_nusd)}\n"
             "Store it now: it will not be shown again.",
             file=sys.stderr,
         )
         return 0
 
     return _run_db(settings, work)
+
+
+def _key_secret(settings: Settings) -> bytes:
+    from shared.key_secret import KeySecretError, load_key_secret
+
+    try:
+        return load_key_secret(settings).value
+    except (KeySecretError, OSError) as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _catalog_model_ids(settings: Settings, raw: str) -> list[str]:
+    """`--models a,b` as canonical catalog ids; unknown names are an error."""
+    from shared.catalog import catalog_for
+
+    catalog = catalog_for(settings.catalog_path)
+    ids: list[str] = []
+    for name in (n.strip() for n in raw.split(",")):
+        if not name:
+            continue
+        model = catalog.find(name)
+        if model is None:
+            raise CommandError(f"unknown model {name!r}: `GET /v1/models` lists the models")
+        if model.id not in ids:
+            ids.append(model.id)
+    if not ids:
+        raise CommandError("--models needs at least one model name")
+    return ids
+
+
+def _key_scope(models: list[str] | None, rpm: int | None, limit_nusd: int | None) -> str:
+    return (
+        f"models: {', '.join(models) if models is not None else 'all'}; "
+        f"rate limit: {f'{rpm}/min' if rpm else 'default'}; "
+        f"monthly limit: {f'{format_usd(limit_nusd)} USD' if limit_nusd is not None else 'none'}"
+    )
 
 
 def _key_status(revoked_at: datetime | None, expires_at: datetime | None, now: datetime) -> str:
@@ -259,9 +307,29 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
         if key is None:
             raise CommandError(f"no such key: {args.key_id}")
         print(f"revoked {key.id} ({key.display_prefix}) of {key.user_id}")
+        await _broadcast_revocation(settings, key.id)
         return 0
 
     return _run_db(settings, work)
+
+
+async def _broadcast_revocation(settings: Settings, key_id: str) -> None:
+    """Tell every api process to drop the key from its cache now (not at the TTL)."""
+    from services.api.key_events import publish_key_revoked
+
+    redis, why_not = await _connect_redis(settings)
+    if redis is None:
+        print(
+            f"note: {why_not}; api processes drop the key from their caches within "
+            f"{settings.cache_ttl_s} s.",
+            file=sys.stderr,
+        )
+        return
+    try:
+        heard = await publish_key_revoked(redis, key_id)
+    finally:
+        await redis.aclose()
+    print(f"{heard} api process(es) dropped it from their caches", file=sys.stderr)
 
 
 def parse_usd_amount(raw: str) -> int:
@@ -450,6 +518,16 @@ def build_parser() -> argparse.ArgumentParser:
     keys_create.add_argument("--name", help="a label to recognise the key")
     keys_create.add_argument(
         "--expires-days", type=_positive_int, metavar="D", help="expire after D days (never)"
+    )
+    keys_create.add_argument(
+        "--models", metavar="A,B", help="only these models (comma-separated; default: all)"
+    )
+    keys_create.add_argument(
+        "--rpm", type=_positive_int, metavar="N",
+        help="requests per minute for this key (default: RATE_LIMIT_REQUESTS_PER_MINUTE)",
+    )  # fmt: skip
+    keys_create.add_argument(
+        "--monthly-limit", metavar="USD", help="most this key may spend per calendar month (UTC)"
     )
     keys_create.set_defaults(handler=cmd_keys_create)
     keys_list = keys_sub.add_parser(

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.db.repositories.api_keys import create_api_key, find_active_key, hash_api_key
+from shared.key_secret import load_key_secret
 from shared.db.repositories.ledger import credit, get_balance
 from shared.db.repositories.users import create_user, get_user
 from shared.money import format_usd, usd_to_nusd
@@ -37,6 +38,7 @@ async def ensure_demo_account(settings: Settings, var_dir: Path, *, redis_url: s
     state_file = var_dir / "demo.json"
     engine = create_engine(settings.effective_database_url)
     sessions = create_sessionmaker(engine)
+    secret = load_key_secret(settings).value
     try:
         async with sessions.begin() as session:
             saved = json.loads(state_file.read_text()) if state_file.is_file() else {}
@@ -44,14 +46,16 @@ async def ensure_demo_account(settings: Settings, var_dir: Path, *, redis_url: s
             key_ok = bool(
                 user
                 and saved.get("api_key")
-                and await find_active_key(session, hash_api_key(saved["api_key"]), datetime.now(UTC))
+                and await find_active_key(
+                    session, hash_api_key(saved["api_key"], secret), datetime.now(UTC)
+                )
             )
             if user is None:
                 user = await create_user(session, name="demo", email="demo@localhost")
             if key_ok:
                 api_key = saved["api_key"]
             else:
-                _row, api_key = await create_api_key(session, user.id, name="demo")
+                _row, api_key = await create_api_key(session, user.id, secret=secret, name="demo")
             await credit(
                 session,
                 user.id,

@@ -70,6 +70,14 @@ class Settings:
     supabase_anon_key: str = ""
     supabase_service_role_key: str = ""
     supabase_jwt_secret: str = ""
+    # Access (issue 6): keyed hashing of API keys, CORS, token rate limit, response cache.
+    api_key_hash_secret: str = ""
+    cors_allow_origins: tuple[str, ...] = ()
+    rate_limit_tokens_per_minute: int = 0  # 0: off
+    auth_unknown_key_lookups_per_s: int = 50
+    response_cache_price_fraction: Decimal = Decimal(0)
+    response_cache_ttl_s: int = 3600
+    response_cache_max_ttl_s: int = 86_400
     max_body_bytes: int = 8 * 1024 * 1024
     request_timeout_s: float = 300.0
     worker_concurrency: int = 512
@@ -129,6 +137,15 @@ class Settings:
             supabase_anon_key=env.get("SUPABASE_ANON_KEY", ""),
             supabase_service_role_key=env.get("SUPABASE_SERVICE_ROLE_KEY", ""),
             supabase_jwt_secret=env.get("SUPABASE_JWT_SECRET", ""),
+            api_key_hash_secret=env.get("API_KEY_HASH_SECRET", ""),
+            cors_allow_origins=tuple(
+                o.strip().rstrip("/") for o in env.get("CORS_ALLOW_ORIGINS", "").split(",") if o.strip()
+            ),
+            rate_limit_tokens_per_minute=_int(env, "RATE_LIMIT_TOKENS_PER_MINUTE", 0),
+            auth_unknown_key_lookups_per_s=_int(env, "AUTH_UNKNOWN_KEY_LOOKUPS_PER_SECOND", 50),
+            response_cache_price_fraction=Decimal(env.get("RESPONSE_CACHE_PRICE_FRACTION") or "0"),
+            response_cache_ttl_s=_int(env, "RESPONSE_CACHE_TTL_SECONDS", 3600),
+            response_cache_max_ttl_s=_int(env, "RESPONSE_CACHE_MAX_TTL_SECONDS", 86_400),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 8 * 1024 * 1024),
             request_timeout_s=_float(env, "REQUEST_TIMEOUT_SECONDS", 300.0),
             worker_concurrency=_int(env, "WORKER_CONCURRENCY", 512),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import structlog
@@ -13,6 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.api.admission import Admission
 from services.api.appkeys import ADMISSION, AUTH, CATALOG, REDIS, REPLIES, SESSIONS, SETTINGS
 from services.api.auth import Authenticator
+from services.api.appkeys import KEY_EVENTS, RESPONSE_CACHE
+from services.api.access import rate_headers_on_refusal
+from services.api.cors import setup_cors
+from services.api.jwt_auth import JwtVerifier
+from services.api.key_events import KeyEventListener
+from services.api.response_cache import ResponseCache
 from services.api.middlewares import request_context
 from services.api.replies import ReplyHub
 from services.api.routes.chat import chat_completions
@@ -21,6 +28,7 @@ from services.api.routes.models import get_model, list_models
 from services.api.routes.providers import chat_health, chat_models
 from shared.catalog import Catalog, catalog_for
 from shared.db.engine import create_engine, create_sessionmaker
+from shared.key_secret import load_key_secret
 from shared.redis.funds import Funds
 from shared.settings import Settings
 
@@ -58,8 +66,27 @@ def create_app(
             app[SESSIONS] = create_sessionmaker(engine)
         else:
             app[SESSIONS] = sessions
-        app[AUTH] = Authenticator(app[SESSIONS], cache_ttl_s=settings.cache_ttl_s)
+        key_secret = load_key_secret(settings)
+        if key_secret.source == "file" and settings.database_url:
+            log.warning("api_key_hash_secret_unset", hint="set API_KEY_HASH_SECRET in production")
+        app[AUTH] = Authenticator(
+            app[SESSIONS],
+            cache_ttl_s=settings.cache_ttl_s,
+            key_secret=key_secret.value,
+            jwt=JwtVerifier(
+                supabase_url=settings.supabase_url,
+                jwt_secret=settings.supabase_jwt_secret,
+                anon_key=settings.supabase_anon_key,
+                cache_ttl_s=settings.cache_ttl_s,
+            ),
+            unknown_lookups_per_s=settings.auth_unknown_key_lookups_per_s,
+        )
+        flusher = asyncio.create_task(app[AUTH].run_last_used_flusher())
         yield
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        await app[AUTH].close()
         if engine is not None:
             await engine.dispose()
 
@@ -67,7 +94,18 @@ def create_app(
         app[ADMISSION] = Admission(settings, Funds(app[REDIS]), app[SESSIONS])
         yield
 
-    app.cleanup_ctx.extend([redis_ctx, db_ctx, admission_ctx])
+    async def access_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Revocations reach this process through one subscription (key_events.py).
+        listener = KeyEventListener(app[REDIS], app[AUTH])
+        await listener.start()
+        app[KEY_EVENTS] = listener
+        app[RESPONSE_CACHE] = ResponseCache(app[REDIS])
+        yield
+        await listener.stop()
+
+    app.cleanup_ctx.extend([redis_ctx, db_ctx, admission_ctx, access_ctx])
+    app.middlewares.append(rate_headers_on_refusal)
+    setup_cors(app, settings.cors_allow_origins)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)

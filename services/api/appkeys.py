@@ -9,6 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.api.auth import Authenticator, Principal
 from services.api.admission import Admission
+from services.api.key_events import KeyEventListener
+from services.api.response_cache import ResponseCache
 from services.api.replies import ReplyHub
 from shared.catalog import Catalog
 from shared.settings import Settings
@@ -25,6 +27,8 @@ SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
 AUTH = web.AppKey("auth", Authenticator)
 ADMISSION = web.AppKey("admission", Admission)
 REPLIES = web.AppKey("replies", ReplyHub)
+KEY_EVENTS = web.AppKey("key_events", KeyEventListener)
+RESPONSE_CACHE = web.AppKey("response_cache", ResponseCache)
 
 # Per request: set by the auth step of the chat route, read by logs and admission.
 PRINCIPAL_KEY = "gw_principal"

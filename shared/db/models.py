@@ -60,6 +60,11 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Scopes (migration 0002). None means "no restriction": all models, the default
+    # rate limit, no monthly cap.
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
+    rate_limit_rpm: Mapped[int | None] = mapped_column(Integer)
+    monthly_spend_limit_nusd: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Wallet(Base):

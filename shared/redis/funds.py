@@ -10,7 +10,9 @@ keeps a slow cache fill from writing back a balance read before a settlement.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,15 +33,35 @@ def _source(name: str) -> str:
 class AdmitStatus(StrEnum):
     OK = "ok"
     RATE_LIMITED = "rl"
+    TOKEN_RATE_LIMITED = "tpm"
     NEED_BALANCE = "nobal"
+    NEED_KEY_SPEND = "nospend"
     INSUFFICIENT_FUNDS = "funds"
+    SPEND_LIMIT = "spend"
+
+
+@dataclass(frozen=True, slots=True)
+class RateState:
+    """Where a subject stands against one limit (requests or tokens per minute)."""
+
+    remaining: int = 0
+    # Until the allowance is whole again, and (when refused) until the request would fit.
+    reset_us: int = 0
+    retry_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class AdmitResult:
     status: AdmitStatus
-    # Remaining requests in the window when OK; available nUSD when INSUFFICIENT_FUNDS.
+    # Available nUSD when INSUFFICIENT_FUNDS; nUSD left under the key's cap when SPEND_LIMIT.
     value: int
+    requests: RateState = RateState()
+    tokens: RateState = RateState()
+
+
+def utc_month(now: datetime | None = None) -> str:
+    """The calendar month (UTC) that spend counters are kept by, as YYYYMM."""
+    return f"{(now or datetime.now(UTC)):%Y%m}"
 
 
 class Funds:
@@ -50,44 +72,97 @@ class Funds:
         self._admit: AsyncScript = redis.register_script(_source("admit"))
         self._fill: AsyncScript = redis.register_script(_source("fill_balance"))
         self._release: AsyncScript = redis.register_script(_source("release_hold"))
+        self._fill_spend: AsyncScript = redis.register_script(_source("fill_key_spend"))
+        self._peek: AsyncScript = redis.register_script(_source("rate_peek"))
 
     async def admit(
         self,
         *,
         user_id: str,
         rate_subject: str,
-        rate_window: int,
         rate_limit: int,
-        rate_window_ttl_ms: int,
         request_id: str,
         hold_nusd: int,
         minimal_fund_nusd: int,
         hold_expires_ms: int,
-        job_meta: bytes,
-        job_body: bytes,
+        entry: Sequence[tuple[str, bytes]],
+        stream: str = keys.JOBS_STREAM,
+        stream_maxlen: int = keys.JOBS_STREAM_MAXLEN,
+        token_limit: int = 0,
+        token_cost: int = 0,
+        key_id: str | None = None,
+        spend_limit_nusd: int | None = None,
+        month: str | None = None,
     ) -> AdmitResult:
+        """Check everything and, if all passes, take the rate allowance, hold the funds
+        and append `entry` to `stream`, atomically.
+
+        :param rate_subject: whose allowance (`key:<id>` or `user:<id>`).
+        :param rate_limit: requests per minute (at least 1).
+        :param entry: the stream entry's field/value pairs (a job, or a cache-hit event).
+        :param token_limit: tokens per minute, 0 for no token limit.
+        :param token_cost: this request's estimated tokens (prompt + most output).
+        :param spend_limit_nusd: the key's monthly cap; `key_id` must be given with it.
+        """
+        if rate_limit < 1:
+            raise ValueError("rate_limit must be at least 1 request per minute")
+        capped = spend_limit_nusd is not None and key_id is not None
+        spend_key = keys.key_spend(key_id or "-", month or utc_month())
+        args: list[Any] = [
+            rate_limit,
+            max(token_limit, 0),
+            max(token_cost, 1),
+            spend_limit_nusd if capped else -1,
+            hold_nusd,
+            minimal_fund_nusd,
+            request_id,
+            hold_expires_ms,
+            stream_maxlen,
+        ]
+        for name, value in entry:
+            args.extend((name, value))
         raw: Any = await self._admit(
             keys=[
-                keys.rate_limit(rate_subject, rate_window),
+                keys.rate_tat(rate_subject),
                 keys.balance(user_id),
                 keys.held_total(user_id),
                 keys.holds(user_id),
-                keys.JOBS_STREAM,
+                stream,
+                keys.token_rate_tat(rate_subject),
+                spend_key,
             ],
-            args=[
-                rate_limit,
-                rate_window_ttl_ms,
-                hold_nusd,
-                minimal_fund_nusd,
-                request_id,
-                hold_expires_ms,
-                job_meta,
-                job_body,
-                keys.JOBS_STREAM_MAXLEN,
-            ],
+            args=args,
         )
         status = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
-        return AdmitResult(AdmitStatus(status), int(raw[1]))
+        values = [int(v) for v in raw[1:]]
+        return AdmitResult(
+            AdmitStatus(status),
+            values[0],
+            RateState(values[1], values[2], values[3]),
+            RateState(values[4], values[5], values[6]),
+        )
+
+    async def peek_rate(
+        self, rate_subject: str, rate_limit: int, token_limit: int = 0
+    ) -> tuple[RateState, RateState]:
+        """Where a subject stands (requests, tokens), without taking anything."""
+        raw: Any = await self._peek(
+            keys=[keys.rate_tat(rate_subject), keys.token_rate_tat(rate_subject)],
+            args=[max(rate_limit, 1), max(token_limit, 0)],
+        )
+        values = [int(v) for v in raw]
+        return RateState(values[0], values[1]), RateState(values[2], values[3])
+
+    async def fill_key_spend(
+        self, user_id: str, key_id: str, month: str, spent_nusd: int, version: bytes, ttl_s: int
+    ) -> bool:
+        """Cache a key's spend this month as read from the database, unless a settlement
+        of its owner happened since `version` was read (see `balance_version`)."""
+        filled = await self._fill_spend(
+            keys=[keys.key_spend(key_id, month), keys.balance_version(user_id)],
+            args=[spent_nusd, version, max(ttl_s, 1)],
+        )
+        return bool(filled)
 
     async def balance_version(self, user_id: str) -> bytes:
         value = await self.redis.get(keys.balance_version(user_id))
@@ -102,20 +177,24 @@ class Funds:
         )
         return bool(filled)
 
-    async def release_hold(self, *, user_id: str, request_id: str, debit_nusd: int) -> int:
+    async def release_hold(
+        self, *, user_id: str, request_id: str, debit_nusd: int, key_id: str | None = None
+    ) -> int:
         """Drop a request's hold and apply its debit to the cached balance, once.
 
+        With `key_id`, the debit is also added to that key's spend counter for this month
+        (when the counter is cached; a missing one is refilled from the database).
         Returns the amount that was held, or -1 if the hold was already gone.
         """
-        released = await self._release(
-            keys=[
-                keys.holds(user_id),
-                keys.held_total(user_id),
-                keys.balance(user_id),
-                keys.balance_version(user_id),
-            ],
-            args=[request_id, debit_nusd],
-        )
+        release_keys = [
+            keys.holds(user_id),
+            keys.held_total(user_id),
+            keys.balance(user_id),
+            keys.balance_version(user_id),
+        ]
+        if key_id:
+            release_keys.append(keys.key_spend(key_id, utc_month()))
+        released = await self._release(keys=release_keys, args=[request_id, debit_nusd])
         return int(released)
 
     async def invalidate_balance(self, user_id: str) -> None:

@@ -10,7 +10,9 @@ import structlog
 from aiohttp import web
 
 from services.api.admission import Admitted
+from services.api.access import cached_answer, model_allowed, serve_cached, store_answer
 from services.api.appkeys import ADMISSION, AUTH, CATALOG, REDIS, REPLIES, REQUEST_ID_KEY
+from services.api.appkeys import PRINCIPAL_KEY
 from services.api.relay import FrameReader, cancel_upstream, relay_json, relay_sse
 from services.api.validation import ChatBody, parse_chat_body
 from shared.capabilities import STREAMING
@@ -44,11 +46,7 @@ def resolve_model(catalog: Catalog, body: ChatBody) -> Model:
 
 
 def rate_headers(admitted: Admitted) -> dict[str, str]:
-    return {
-        "x-ratelimit-limit-requests": str(admitted.rate_limit),
-        "x-ratelimit-remaining-requests": str(max(admitted.rate_remaining, 0)),
-        "x-ratelimit-reset-requests": f"{admitted.rate_reset_s:.3f}s",
-    }
+    return admitted.rate.headers()
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -56,9 +54,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     app = request.app
     principal = await app[AUTH].authenticate(request)
     structlog.contextvars.bind_contextvars(user_id=principal.user_id, key_id=principal.key_id)
+    request[PRINCIPAL_KEY] = principal
     raw = await request.read()
     body = parse_chat_body(raw)
     model = resolve_model(app[CATALOG], body)
+    model_allowed(principal, app[CATALOG], model, body)
+    cache_req, cached = await cached_answer(request, principal, body, raw)
+    if cached is not None:
+        return await serve_cached(request, principal, body.model, cached)
 
     request_id: str = request[REQUEST_ID_KEY]
     replies = app[REPLIES]
@@ -75,6 +78,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 response, meta = await relay_sse(request, reader, headers)
             else:
                 response, meta = await relay_json(reader, headers)
+                await store_answer(request, cache_req, response, meta)
         except GatewayError as exc:
             exc.headers = {**headers, **exc.headers}
             raise

@@ -12,6 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.db.models import User, Wallet
 from shared.db.repositories import api_keys, ledger, users
 
+SECRET = b"integration-test-key-secret"
+
 
 class TestUsers:
     async def test_create_user_makes_an_empty_wallet(
@@ -57,20 +59,20 @@ class TestApiKeys:
         key = api_keys.generate_api_key()
         assert re.fullmatch(r"gw-[A-Za-z0-9_-]{48}", key)
         assert api_keys.generate_api_key() != key
-        assert re.fullmatch(r"[0-9a-f]{64}", api_keys.hash_api_key(key))
+        assert re.fullmatch(r"[0-9a-f]{64}", api_keys.hash_api_key(key, SECRET))
         assert api_keys.display_prefix(key) == key[:7] + "…"
 
     async def test_create_find_revoke(self, any_sessions: async_sessionmaker[AsyncSession]) -> None:
         now = datetime.now(UTC)
         async with any_sessions.begin() as s:
             user = await users.create_user(s)
-            key, plaintext = await api_keys.create_api_key(s, user.id, name="ci")
-        assert key.key_hash == api_keys.hash_api_key(plaintext)
+            key, plaintext = await api_keys.create_api_key(s, user.id, secret=SECRET, name="ci")
+        assert key.key_hash == api_keys.hash_api_key(plaintext, SECRET)
         assert plaintext not in (key.display_prefix, key.key_hash)
         async with any_sessions() as s:
-            found = await api_keys.find_active_key(s, api_keys.hash_api_key(plaintext), now)
+            found = await api_keys.find_active_key(s, api_keys.hash_api_key(plaintext, SECRET), now)
             assert found is not None and found.id == key.id and found.user_id == user.id
-            assert await api_keys.find_active_key(s, api_keys.hash_api_key("gw-nope"), now) is None
+            assert await api_keys.find_active_key(s, api_keys.hash_api_key("gw-nope", SECRET), now) is None
         async with any_sessions.begin() as s:
             revoked = await api_keys.revoke_api_key(s, key.id)
             assert revoked is not None and revoked.revoked_at is not None
@@ -85,8 +87,8 @@ class TestApiKeys:
         now = datetime.now(UTC)
         async with any_sessions.begin() as s:
             user = await users.create_user(s)
-            soon, _ = await api_keys.create_api_key(s, user.id, expires_at=now + timedelta(hours=1))
-            past, _ = await api_keys.create_api_key(s, user.id, expires_at=now - timedelta(hours=1))
+            soon, _ = await api_keys.create_api_key(s, user.id, secret=SECRET, expires_at=now + timedelta(hours=1))
+            past, _ = await api_keys.create_api_key(s, user.id, secret=SECRET, expires_at=now - timedelta(hours=1))
         async with any_sessions() as s:
             assert await api_keys.find_active_key(s, soon.key_hash, now) is not None
             assert await api_keys.find_active_key(s, past.key_hash, now) is None

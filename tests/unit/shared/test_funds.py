@@ -22,9 +22,8 @@ async def funds() -> AsyncIterator[Funds]:
 
 async def admit(funds: Funds, rid: str, hold: int, **overrides: Any) -> Any:
     args: dict[str, Any] = dict(
-        user_id="u1", rate_subject="key:k1", rate_window=1, rate_limit=100,
-        rate_window_ttl_ms=61_000, request_id=rid, hold_nusd=hold, minimal_fund_nusd=10,
-        hold_expires_ms=10**13, job_meta=b"{}", job_body=b"{}",
+        user_id="u1", rate_subject="key:k1", rate_limit=100, request_id=rid, hold_nusd=hold,
+        minimal_fund_nusd=10, hold_expires_ms=10**13, entry=[("m", b"{}"), ("b", b"{}")],
     )  # fmt: skip
     args.update(overrides)
     return await funds.admit(**args)
@@ -38,7 +37,7 @@ class TestAdmit:
         assert await funds.fill_balance("u1", 1000, version, 60)
         result = await admit(funds, "r1", 5)
         assert result.status is AdmitStatus.OK
-        assert result.value == 99
+        assert result.requests.remaining == 99
         assert await funds.redis.xlen(keys.JOBS_STREAM) == 1
         assert await funds.held_nusd("u1") == 5
 
@@ -51,7 +50,7 @@ class TestAdmit:
         # Nothing of the refused request remains: no hold, no job, no rate count.
         assert await funds.held_nusd("u1") == 60
         assert await funds.redis.xlen(keys.JOBS_STREAM) == 1
-        assert int(await funds.redis.get(keys.rate_limit("key:k1", 1))) == 1
+        assert await funds.redis.exists(keys.rate_tat("key:k1")) == 1
 
     async def test_minimal_fund(self, funds: Funds) -> None:
         await funds.fill_balance("u1", 9, b"0", 60)
@@ -63,7 +62,7 @@ class TestAdmit:
         assert (await admit(funds, "r2", 1, rate_limit=2)).status is AdmitStatus.OK
         assert (await admit(funds, "r3", 1, rate_limit=2)).status is AdmitStatus.RATE_LIMITED
         assert await funds.held_nusd("u1") == 2
-        ttl = await funds.redis.pttl(keys.rate_limit("key:k1", 1))
+        ttl = await funds.redis.pttl(keys.rate_tat("key:k1"))
         assert 0 < ttl <= 61_000
 
 
