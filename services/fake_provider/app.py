@@ -2,10 +2,10 @@
 
 Demo mode, tests and benchmarks point the gateway's `BASE_URL_<PROVIDER>` here:
 
-    POST   /v1/chat/completions                     OpenAI (BASE_URL_OPENAI = {fake}/v1)
-    POST   /together/v1/chat/completions            Together (BASE_URL_TOGETHER = {fake}/together/v1)
-    POST   /v1/messages                             Anthropic (BASE_URL_ANTHROPIC = {fake}/v1)
-    POST   /v1beta/models/{model}:generateContent   Gemini (BASE_URL_GOOGLE = {fake}/v1beta)
+    POST   /v1/chat/completions                     OpenAI: BASE_URL_OPENAI = {fake}/v1
+    POST   /together/v1/chat/completions            Together: BASE_URL_TOGETHER = {fake}/together/v1
+    POST   /v1/messages                             Anthropic: BASE_URL_ANTHROPIC = {fake}/v1
+    POST   /v1beta/models/{model}:generateContent   Gemini: BASE_URL_GOOGLE = {fake}/v1beta
     POST   /v1beta/models/{model}:streamGenerateContent?alt=sse
     POST   /v1/models/{model}:generateContent, ...  the same (google-genai's default v1 paths)
     GET    /v1/models, /together/v1/models          OpenAI model list
@@ -24,7 +24,7 @@ event, or a hang.
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -73,8 +73,11 @@ async def _on_shutdown(app: web.Application) -> None:
     app[STATE].shutdown.set()
 
 
-def _chat(wire: Wire) -> functools.partial[object]:
-    return functools.partial(handle, wire=wire)
+def _chat(wire: Wire) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def chat(request: web.Request) -> web.StreamResponse:
+        return await handle(request, wire)
+
+    return chat
 
 
 async def gemini(request: web.Request) -> web.StreamResponse:

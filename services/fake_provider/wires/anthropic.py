@@ -74,8 +74,10 @@ def _blocks_text(content: object, *, results: bool = False) -> str:
 
 
 def _tool_results(message: object) -> tuple[str, ...] | None:
-    content = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(content, list) or message.get("role") != "user":  # type: ignore[union-attr]
+    if not isinstance(message, dict) or message.get("role") != "user":
+        return None
+    content = message.get("content")
+    if not isinstance(content, list):
         return None
     results = tuple(
         _blocks_text(b.get("content"))
@@ -171,7 +173,9 @@ def _usage(plan: Plan, output_tokens: int) -> dict[str, Any]:
     }
 
 
-def _message(message_id: str, model: str, plan: Plan, content: list[dict[str, Any]]) -> dict[str, Any]:
+def _message(
+    message_id: str, model: str, plan: Plan, content: list[dict[str, Any]]
+) -> dict[str, Any]:
     return {
         "id": message_id,
         "type": "message",
@@ -312,7 +316,9 @@ def _block_start(index: int, block: dict[str, Any]) -> bytes:
 
 
 def _block_delta(index: int, delta: dict[str, Any]) -> bytes:
-    return event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+    return event(
+        "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+    )
 
 
 def _block_stop(index: int) -> bytes:

@@ -75,7 +75,9 @@ def _responses(content: object) -> list[str]:
     """The JSON of each functionResponse's `response` in a content."""
     found = []
     for part in _parts(content):
-        response = _get(part, "functionResponse", "function_response") if isinstance(part, dict) else None
+        response = (
+            _get(part, "functionResponse", "function_response") if isinstance(part, dict) else None
+        )
         if isinstance(response, dict):
             found.append(orjson.dumps(response.get("response")).decode())
     return found
@@ -87,15 +89,27 @@ def _tools(body: dict[str, Any]) -> tuple[tuple[Tool, ...], str | None, bool]:
     if not isinstance(raw, list):
         raise BadRequest("Invalid value at 'tools': expected a list.")
     for entry in raw:
-        declarations = _get(entry, "functionDeclarations", "function_declarations") if isinstance(entry, dict) else None
+        declarations = (
+            _get(entry, "functionDeclarations", "function_declarations")
+            if isinstance(entry, dict)
+            else None
+        )
         for fn in declarations if isinstance(declarations, list) else []:
             name = fn.get("name") if isinstance(fn, dict) else None
             if not isinstance(name, str) or not name:
-                raise BadRequest("* GenerateContentRequest.tools.function_declarations.name: Name is required.")
-            schema = fn.get("parameters") or _get(fn, "parametersJsonSchema", "parameters_json_schema")
+                raise BadRequest(
+                    "* GenerateContentRequest.tools.function_declarations.name: Name is required."
+                )
+            schema = fn.get("parameters") or _get(
+                fn, "parametersJsonSchema", "parameters_json_schema"
+            )
             tools.append(Tool(name=name, parameters=schema))
     config = _get(body, "toolConfig", "tool_config")
-    calling = _get(config, "functionCallingConfig", "function_calling_config") if isinstance(config, dict) else None
+    calling = (
+        _get(config, "functionCallingConfig", "function_calling_config")
+        if isinstance(config, dict)
+        else None
+    )
     mode = str(calling.get("mode") or "").upper() if isinstance(calling, dict) else ""
     if mode == "NONE":
         return tuple(tools), None, True
@@ -118,7 +132,9 @@ def parse_generate(request: web.Request, body: Any) -> Ask:
     if not isinstance(contents, list) or not contents:
         raise BadRequest("* GenerateContentRequest.contents: contents is not specified")
     config = _get(body, "generationConfig", "generation_config")
-    max_tokens = _get(config, "maxOutputTokens", "max_output_tokens") if isinstance(config, dict) else None
+    max_tokens = (
+        _get(config, "maxOutputTokens", "max_output_tokens") if isinstance(config, dict) else None
+    )
     if max_tokens is not None and (
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
     ):
@@ -165,7 +181,9 @@ class _Renderer:
         # Gemini's response ids are URL-safe base64 of a few random bytes.
         self._response_id = base64.urlsafe_b64encode(os.urandom(15)).decode()
 
-    def response(self, parts: list[dict[str, Any]], candidates: int, finish: str | None) -> dict[str, Any]:
+    def response(
+        self, parts: list[dict[str, Any]], candidates: int, finish: str | None
+    ) -> dict[str, Any]:
         candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}}
         if finish is not None:
             candidate["finishReason"] = finish
@@ -245,7 +263,11 @@ class GeminiWire:
         return self._error(status, message, details, headers)
 
     def _error(
-        self, status: int, message: str | None, details: list[dict[str, Any]], headers: dict[str, str]
+        self,
+        status: int,
+        message: str | None,
+        details: list[dict[str, Any]],
+        headers: dict[str, str],
     ) -> web.Response:
         default = ("INTERNAL" if status >= 500 else "FAILED_PRECONDITION", f"HTTP {status}.")
         rpc_status, default_message = _STATUS.get(status, default)
@@ -289,7 +311,9 @@ class GeminiWire:
         else:
             for i, piece in enumerate(plan.text):
                 last = i == len(plan.text) - 1
-                units.append(_chunk(render.response([{"text": piece}], i + 1, finish if last else None)))
+                units.append(
+                    _chunk(render.response([{"text": piece}], i + 1, finish if last else None))
+                )
         # An answer without content still ends with a finish reason.
         tail = b"" if units else _chunk(render.response([{"text": ""}], 0, finish))
         error = {"error": {"code": 503, "message": _STATUS[503][1], "status": "UNAVAILABLE"}}

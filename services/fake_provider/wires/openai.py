@@ -374,7 +374,7 @@ class OpenAIWire:
 
     def answer(self, ask: Ask, plan: Plan) -> web.Response:
         completion_id = "chatcmpl-fake" + os.urandom(12).hex()
-        tool_calls = None
+        tool_calls: list[dict[str, Any]] | None = None
         if plan.tool_calls:
             tool_calls = [
                 {

@@ -28,8 +28,10 @@ _ERRORS: dict[int, tuple[str, str | None, str]] = {
     401: (
         "invalid_request_error",
         "invalid_api_key",
-        "Invalid API key provided. You can find your API key at "
-        "https://api.together.xyz/settings/api-keys.",
+        (
+            "Invalid API key provided. You can find your API key at "
+            "https://api.together.xyz/settings/api-keys."
+        ),
     ),
     402: ("invalid_request_error", "payment_required", "Credit limit exceeded."),
     403: (

@@ -1,9 +1,9 @@
 """Fixtures for the fake provider's tests: servers of the test's own and raw HTTP helpers.
 
-    start(**config)   a TestServer running `create_app(FakeConfig(**config))`
-    server            one with the default config (auth required, 8 chunks)
-    http              an aiohttp ClientSession
-    sse_events(raw, sep)  the `data:`/`event:` blocks of an SSE body
+start(**config)   a TestServer running `create_app(FakeConfig(**config))`
+server            one with the default config (auth required, 8 chunks)
+http              an aiohttp ClientSession
+sse_events(raw, sep)  the `data:`/`event:` blocks of an SSE body
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ TIME_TOOL_SCHEMA: dict[str, Any] = {
 }
 WEATHER_ARGS = {"city": "Paris", "days": 1}
 TIME_ARGS = {"zone": "Paris"}
-PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+PNG_B64 = (  # a 1x1 PNG
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
 
 
 @pytest.fixture

@@ -119,7 +119,10 @@ class TestFailures:
         if case.name == "gemini":
             body["contents"][-1]["parts"].append(part)
         else:
-            body["messages"][-1]["content"] = [{"type": "text", "text": "x"}, {"type": "text", **part}]
+            body["messages"][-1]["content"] = [
+                {"type": "text", "text": "x"},
+                {"type": "text", **part},
+            ]
         async with http.post(
             server.make_url(case.path(stream=False)), json=body, headers=case.headers
         ) as resp:

@@ -404,7 +404,9 @@ class TestOfficialClient:
                     pass
         assert "overloaded_error" in str(info.value)
 
-    async def test_recorded_call(self, client: anthropic.AsyncAnthropic, server: TestServer) -> None:
+    async def test_recorded_call(
+        self, client: anthropic.AsyncAnthropic, server: TestServer
+    ) -> None:
         await client.messages.create(
             model="claude-test", max_tokens=100, messages=[{"role": "user", "content": "Hi"}]
         )

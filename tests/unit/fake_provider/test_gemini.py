@@ -120,9 +120,7 @@ class TestText:
         assert {c.usage_metadata.prompt_token_count for c in found} == {13}  # type: ignore[union-attr]
         assert len({c.response_id for c in found}) == 1
 
-    async def test_max_output_tokens(
-        self, server: TestServer, http: aiohttp.ClientSession
-    ) -> None:
+    async def test_max_output_tokens(self, server: TestServer, http: aiohttp.ClientSession) -> None:
         data = body(generationConfig={"maxOutputTokens": 3})
         answer = await generate(http, server, data)
         assert answer.text == "".join(split_reply(DEFAULT_REPLY, 8)[:3])
@@ -266,7 +264,9 @@ class TestErrors:
     async def test_api_key_invalid_as_google_sends_it(
         self, server: TestServer, http: aiohttp.ClientSession
     ) -> None:
-        got, raw, _ = await post(http, server, body(text("[[fake:status=400,code=API_KEY_INVALID]]")))
+        got, raw, _ = await post(
+            http, server, body(text("[[fake:status=400,code=API_KEY_INVALID]]"))
+        )
         error = error_of(raw)
         assert got == 400 and error["status"] == "INVALID_ARGUMENT"
         assert error["details"] == [
@@ -324,7 +324,12 @@ class TestErrors:
 
     @pytest.mark.parametrize(
         "data",
-        [b"{nope", b"[]", orjson.dumps({"contents": []}), orjson.dumps(body(generationConfig={"maxOutputTokens": 0}))],
+        [
+            b"{nope",
+            b"[]",
+            orjson.dumps({"contents": []}),
+            orjson.dumps(body(generationConfig={"maxOutputTokens": 0})),
+        ],
     )
     async def test_bad_bodies(
         self, data: bytes, server: TestServer, http: aiohttp.ClientSession
@@ -333,7 +338,9 @@ class TestErrors:
         assert got == 400 and error_of(raw)["status"] == "INVALID_ARGUMENT"
 
     async def test_error_event(self, server: TestServer, http: aiohttp.ClientSession) -> None:
-        status, raw, _ = await post(http, server, body(text("[[fake:error_event_after=2]]")), STREAM)
+        status, raw, _ = await post(
+            http, server, body(text("[[fake:error_event_after=2]]")), STREAM
+        )
         blocks = sse_blocks(raw, b"\r\n\r\n")
         assert status == 200 and len(blocks) == 3
         for block in blocks[:2]:
