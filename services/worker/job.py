@@ -18,6 +18,7 @@ import structlog
 
 from services.worker import upstream
 from services.worker.fallback import RetryPolicy, first_success
+from services.worker.media import AddressPolicy, MediaFetcher
 from services.worker.providers.base import ChatRequest, ProviderAdapter, Target
 from services.worker.publish import ReplyPublisher
 from services.worker.routing import ProviderAccess, ProviderPrefs, plan
@@ -174,13 +175,16 @@ async def _serve(deps: WorkerDeps, job: Job, state: JobState, publisher: ReplyPu
         await _publish_error(publisher, state.error)
         return
 
+    prepared: dict[str, ChatRequest] = {}  # adapter name -> request after its `prepare`
+
     async def attempt(target: Target) -> None:
         state.target = target
         state.attempt_started_ms = now_ms()
+        call_req = await _prepare(deps, req, target, prepared)
         if req.stream:
-            await _stream_once(deps, job, req, target, state, publisher)
+            await _stream_once(deps, job, call_req, target, state, publisher)
         else:
-            await _complete_once(deps, job, req, target, state, publisher)
+            await _complete_once(deps, job, call_req, target, state, publisher)
 
     try:
         await first_success(
@@ -199,6 +203,24 @@ async def _serve(deps: WorkerDeps, job: Job, state: JobState, publisher: ReplyPu
     if state.first_chunk_ms is not None and state.attempts:
         ttft = state.first_chunk_ms - state.attempt_started_ms
         state.attempts[-1] = replace(state.attempts[-1], ttft_ms=max(ttft, 0))
+
+
+async def _prepare(
+    deps: WorkerDeps, req: ChatRequest, target: Target, done: dict[str, ChatRequest]
+) -> ChatRequest:
+    """The request after the adapter's optional `prepare` hook (providers/base.py).
+
+    Run once per adapter, not per retry: for Gemini it downloads the image URLs.
+    """
+    name = target.provider.adapter
+    if name not in done:
+        prepare = getattr(deps.adapters[name], "prepare", None)
+        if prepare is None:
+            done[name] = req
+        else:
+            policy = AddressPolicy(allow_private=deps.settings.media_allow_private_networks)
+            done[name] = await prepare(req, MediaFetcher(deps.http, policy), target)
+    return done[name]
 
 
 async def _complete_once(

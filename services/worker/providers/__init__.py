@@ -7,6 +7,7 @@ from pathlib import Path
 
 from services.worker.providers.anthropic import AnthropicAdapter
 from services.worker.providers.base import ProviderAdapter
+from services.worker.providers.google import GoogleAdapter
 from services.worker.providers.openai_compat import OpenAICompatible
 
 # Request fields Together's chat API does not document (wire-formats doc §4.2, §5.3).
@@ -33,6 +34,7 @@ REGISTRY: dict[str, ProviderAdapter] = {
     "openai": OpenAICompatible("openai"),
     "together": OpenAICompatible("together", drop_params=TOGETHER_DROP_PARAMS, stop_as_list=True),
     "openai_compat": OpenAICompatible("openai_compat"),
+    "google": GoogleAdapter("google"),
     "anthropic": AnthropicAdapter("anthropic"),
 }
 

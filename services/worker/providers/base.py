@@ -8,6 +8,16 @@ four functions, registered in `providers/__init__.py`:
     parse_response(body) -> Completion
     stream_parser() -> StreamParser           # one per upstream stream
     classify_error(status, headers, body, provider) -> ProviderError
+
+One optional hook, for an adapter that needs I/O before it can translate (Gemini takes
+images only as bytes, so it downloads image URLs first):
+
+    async prepare(req, media, target) -> ChatRequest
+
+The worker awaits it before each call to that adapter, with a `MediaSource` bound to its
+shared session and the operator's fetch policy, and translates the request it returns.
+Errors it raises are `ProviderError`s like any other (a bad image URL is a
+`FinalProviderError`: the client's to fix, no fallback).
 """
 
 from __future__ import annotations
@@ -90,6 +100,20 @@ class StreamParser(Protocol):
     def saw_finish_reason(self) -> bool:
         """True once every choice has ended; a body that closes then is a normal end too."""
         ...
+
+
+class MediaSource(Protocol):
+    """Fetches client-supplied media safely (see `services/worker/media.py`)."""
+
+    async def fetch_image(self, url: str, *, max_bytes: int | None = None) -> tuple[str, bytes]:
+        """(mime type, bytes) of an image URL. Raises a `FinalProviderError` (400)."""
+        ...
+
+
+class PreparingAdapter(Protocol):
+    """The optional `prepare` hook (module docstring); adapters without it skip it."""
+
+    async def prepare(self, req: ChatRequest, media: MediaSource, target: Target) -> ChatRequest: ...
 
 
 class ProviderAdapter(Protocol):
