@@ -9,12 +9,9 @@ from typing import Any, ClassVar
 import orjson
 import pytest
 
-from services.worker.providers.anthropic.request import (
-    ANTHROPIC_VERSION,
-    JSON_TOOL_NAME,
-    anthropic_tool_id,
-    build_request,
-)
+from services.worker.providers.anthropic.messages import anthropic_tool_id
+from services.worker.providers.anthropic.request import ANTHROPIC_VERSION, build_request
+from services.worker.providers.anthropic.tools import JSON_TOOL_NAME
 from services.worker.providers.base import ChatRequest, Target
 from shared.catalog import Offer, ProviderConfig
 from shared.errors import FinalProviderError
@@ -38,17 +35,20 @@ WEATHER_TOOL = {
 TIME_TOOL = {"type": "function", "function": {"name": "get_time"}}
 
 
-def target(*, api_key: str = "sk-ant-test", max_output_tokens: int = 8192) -> Target:
+def target(*, api_key: str = "sk-ant-test", drop: frozenset[str] = frozenset()) -> Target:
     return Target(
         model_id="claude-3-5-sonnet",
         provider=ProviderConfig(
-            name="anthropic", adapter="anthropic", base_url="https://api.anthropic.com/v1"
+            name="anthropic",
+            adapter="anthropic",
+            base_url="https://api.anthropic.com/v1",
+            drop_params=drop,
         ),
         offer=Offer(
             provider="anthropic",
             upstream_model="claude-3-5-sonnet-20241022",
             price=Price(Decimal(3), Decimal(15)),
-            max_output_tokens=max_output_tokens,
+            max_output_tokens=8192,
         ),
         api_key=api_key,
         base_url="https://up.example/v1/",
@@ -433,6 +433,19 @@ class TestParameters:
             reasoning_effort="low",
             response_format={"type": "text"},
         )
+        assert set(body) == {"model", "max_tokens", "messages"}
+
+    def test_catalog_drop_params_are_honoured(self) -> None:
+        call = build_request(
+            ChatRequest(
+                body={"messages": [user("Hi")], "temperature": 0.5, "top_p": 0.9, "n": 2},
+                stream=False,
+                include_usage=False,
+            ),
+            target(drop=frozenset({"temperature", "top_p", "n"})),
+        )
+        body = orjson.loads(call.body)
+        validate_anthropic_request(body, stream=False)
         assert set(body) == {"model", "max_tokens", "messages"}
 
     def test_gateway_routing_fields_are_not_sent(self) -> None:

@@ -9,6 +9,9 @@ as an HTTP error body or as an `event: error` inside a 200 stream. Classificatio
                                                           (context too long: context_length_exceeded)
     401 authentication_error, 403 permission_error     -> FinalProviderError 502 upstream_auth_error
     402 billing_error, "credit balance is too low"     -> FinalProviderError 503 insufficient_quota
+
+Requests Anthropic cannot take are refused before any call, with `invalid()` and
+`unsupported()`: a 400 naming the client's parameter.
 """
 
 from __future__ import annotations
@@ -44,6 +47,19 @@ _STATUS_OF_TYPE = {
     "timeout_error": 504,
     "overloaded_error": 529,
 }
+
+
+def invalid(message: str, param: str | None, code: str = "invalid_value") -> FinalProviderError:
+    """A 400 for the client: the request cannot be expressed for Anthropic."""
+    return FinalProviderError(
+        message, status=400, error_type="invalid_request_error", code=code, param=param
+    )
+
+
+def unsupported(param: str, why: str) -> FinalProviderError:
+    """A 400 for a parameter or content Anthropic has no equivalent for."""
+    message = f"'{param}' is not supported by Anthropic models: {why}"
+    return invalid(message, param, code="unsupported_parameter")
 
 
 def parse_envelope(body: bytes) -> tuple[str | None, str | None]:

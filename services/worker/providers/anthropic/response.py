@@ -17,7 +17,7 @@ import orjson
 import structlog
 
 from services.worker.providers.anthropic.errors import error_from_payload
-from services.worker.providers.anthropic.request import JSON_TOOL_NAME
+from services.worker.providers.anthropic.tools import JSON_TOOL_NAME
 from services.worker.providers.base import Completion
 from shared.errors import RetryableProviderError
 from shared.messages import Usage

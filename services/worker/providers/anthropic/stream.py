@@ -27,12 +27,12 @@ from typing import Any
 import orjson
 
 from services.worker.providers.anthropic.errors import error_from_payload
-from services.worker.providers.anthropic.request import JSON_TOOL_NAME
 from services.worker.providers.anthropic.response import (
     finish_reason,
     json_text,
     usage_from_anthropic,
 )
+from services.worker.providers.anthropic.tools import JSON_TOOL_NAME
 from services.worker.providers.base import SseEvent, StreamDelta
 from shared.errors import RetryableProviderError
 from shared.messages import Usage
