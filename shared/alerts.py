@@ -46,14 +46,12 @@ async def post_to_ntfy(session: aiohttp.ClientSession, url: str, alert: Alert) -
 
 async def send_ntfy_alert(ctx: dict[str, Any], alert: dict[str, Any], url: str) -> int:
     """The arq job. Raises on a failed publish so arq retries it."""
-    session = ctx.get("http")
-    owned = session is None
-    if owned:
-        session = aiohttp.ClientSession()
+    shared: aiohttp.ClientSession | None = ctx.get("http")
+    session = shared if shared is not None else aiohttp.ClientSession()
     try:
         status = await post_to_ntfy(session, url, Alert(**{**alert, "tags": tuple(alert.get("tags", ()))}))
     finally:
-        if owned:
+        if shared is None:
             await session.close()
     if status >= 400:
         raise RuntimeError(f"ntfy answered {status}")

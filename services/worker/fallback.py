@@ -39,7 +39,7 @@ class RetryPolicy:
     def delay_s(self, exc: RetryableProviderError, retry: int) -> float:
         if exc.retry_after_s is not None:
             return min(max(exc.retry_after_s, 0.0), self.hint_cap_s)
-        backoff = min(self.backoff_base_s * 2**retry, self.backoff_cap_s)
+        backoff: float = min(self.backoff_base_s * 2**retry, self.backoff_cap_s)
         return backoff * random.uniform(0.5, 1.5)
 
 

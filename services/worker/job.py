@@ -241,7 +241,7 @@ async def _complete_once(
         "created": job.enqueued_ms // 1000,
         "model": target.model_id,
         "choices": completion.choices,
-        "usage": state.usage.to_openai(),
+        "usage": usage.to_openai(),
         **completion.extra,
     }
     state.committed = True

@@ -55,7 +55,10 @@ class ProviderPrefs:
 
     def over(self, base: ProviderPrefs) -> ProviderPrefs:
         """These preferences, falling back to `base` for fields not given here."""
-        pick = lambda name: getattr(self if name in self.given else base, name)  # noqa: E731
+
+        def pick(name: str) -> Any:
+            return getattr(self if name in self.given else base, name)
+
         return ProviderPrefs(
             order=pick("order"),
             only=pick("only"),
