@@ -49,9 +49,7 @@ def resolve_redis_url(settings: Settings) -> str | None:
 
 def run_service(name: str) -> int:
     settings = Settings.from_env()
-    configure_logging(
-        settings.log_level, settings.log_format, service=name, log_prompts=settings.log_prompts
-    )
+    configure_logging(settings.log_level, settings.log_format, service=name)
     if name == "all":
         return Supervisor(settings).run()
     redis_url = resolve_redis_url(settings)
