@@ -23,6 +23,7 @@ from services.api.response_cache import ResponseCache
 from services.api.middlewares import request_context
 from services.api.replies import ReplyHub
 from services.api.routes.chat import chat_completions
+from services.api.routes import account, admin, admin_usage, estimate
 from services.api.routes.health import health
 from services.api.routes.models import get_model, list_models
 from services.api.routes.providers import chat_health, chat_models
@@ -112,6 +113,8 @@ def create_app(
     app.router.add_get("/health", health)
     app.router.add_get("/v1/chat/models", chat_models)
     app.router.add_get("/v1/chat/health", chat_health)
+    for routes in (estimate, account, admin, admin_usage):
+        routes.add_routes(app.router)
     return app
 
 

@@ -341,12 +341,19 @@ class BillingConsumer:
             raise
 
     async def _release_holds(self, events: Sequence[CompletionEvent]) -> None:
-        for event in events:
-            await self.funds.release_hold(
-                user_id=event.user_id,
-                request_id=event.request_id,
-                debit_nusd=event.cost_nusd,
-                key_id=event.key_id,
+        """Release holds (and count the key's spend) a few at a time: one round trip's
+        latency per group rather than per event."""
+        for start in range(0, len(events), _RELEASE_CONCURRENCY):
+            await asyncio.gather(
+                *(
+                    self.funds.release_hold(
+                        user_id=e.user_id,
+                        request_id=e.request_id,
+                        debit_nusd=e.cost_nusd,
+                        key_id=e.key_id,
+                    )
+                    for e in events[start : start + _RELEASE_CONCURRENCY]
+                )
             )
 
     async def _handle(
