@@ -34,6 +34,16 @@ def format_usd(amount_nusd: int) -> str:
     return f"{sign}{whole}.{frac:09d}"
 
 
+def format_usd_compact(amount_nusd: int) -> str:
+    """The shortest exact decimal for nano-dollars, e.g. '0.0000125', '2', '-0.5'.
+
+    Valid as a JSON number: how `usage.cost` is written (pre-formatted, so no binary
+    float ever rounds it).
+    """
+    text = format_usd(amount_nusd).rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
 @dataclass(frozen=True, slots=True)
 class Price:
     """USD per million tokens, as exact decimals."""

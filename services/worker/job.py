@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,8 @@ from shared.errors import (
 from shared.messages import Attempt, CompletionEvent, FrameKind, Job, Outcome, Usage
 from shared.redis import keys
 from shared.settings import Settings
-from shared.tokens import CHARS_PER_TOKEN, estimate_prompt_tokens
+from shared.money import format_usd_compact
+from shared.tokens import count_prompt_tokens, count_text_tokens
 
 if TYPE_CHECKING:
     import aiohttp
@@ -72,6 +73,9 @@ class JobState:
     target: Target | None = None
     usage: Usage | None = None
     generated_chars: int = 0
+    # What the model generated (text, tool-call arguments): counted with the model's
+    # tokenizer when the provider reports no usage.
+    generated: list[str] = field(default_factory=list)
     committed: bool = False  # content reached the client: no more fallback
     first_chunk_ms: int | None = None
     error: GatewayError | None = None
@@ -233,7 +237,11 @@ async def _complete_once(
 ) -> None:
     adapter = deps.adapters[target.provider.adapter]
     completion = await upstream.complete(deps.http, adapter, target, req, deps.timeouts)
-    usage = state.set_usage(completion.usage, _estimated_usage(req, completion.choices))
+    usage = state.set_usage(
+        completion.usage,
+        completion.usage
+        or await asyncio.to_thread(_estimated_usage, req, target, completion.choices),
+    )
     cost = _cost(target, usage)
     body: dict[str, Any] = {
         "id": completion_id(job.request_id),
@@ -241,7 +249,7 @@ async def _complete_once(
         "created": job.enqueued_ms // 1000,
         "model": target.model_id,
         "choices": completion.choices,
-        "usage": usage.to_openai(),
+        "usage": usage_json(usage, cost),
         **completion.extra,
     }
     state.committed = True
@@ -281,8 +289,11 @@ async def _stream_once(
             content = d.get("content")
             if content:
                 state.generated_chars += len(content)
+                state.generated.append(content)
             for call in d.get("tool_calls") or ():
-                state.generated_chars += len((call.get("function") or {}).get("arguments") or "")
+                arguments = str((call.get("function") or {}).get("arguments") or "")
+                state.generated_chars += len(arguments)
+                state.generated.append(arguments)
             if content or d.get("tool_calls") or choice.get("finish_reason"):
                 state.committed = True
         if not state.committed:
@@ -299,12 +310,12 @@ async def _stream_once(
         publisher.push(data, meta)
 
     usage = state.set_usage(
-        usage, _estimated_usage(req, [], generated_chars=state.generated_chars)
+        usage, usage or await asyncio.to_thread(_estimated_usage, req, target, [], state.generated)
     )
     cost = _cost(target, usage)
     tail = b"".join(held_back)
     if req.include_usage:
-        tail += sse({**head, "choices": [], "usage": usage.to_openai()})
+        tail += sse({**head, "choices": [], "usage": usage_json(usage, cost)})
     await publisher.finish(FrameKind.DONE, tail + _DONE, _meta(target, cost, state))
 
 
@@ -325,15 +336,35 @@ def _cost(target: Target, usage: Usage) -> int:
     )
 
 
+def usage_json(usage: Usage, cost_nusd: int) -> dict[str, Any]:
+    """OpenAI's usage object plus `cost` in USD, as OpenRouter sends it: a JSON number
+    written from the exact nano-dollars (an orjson Fragment), never a rounded float."""
+    body = usage.to_openai()
+    body["cost"] = orjson.Fragment(format_usd_compact(cost_nusd).encode())
+    return body
+
+
 def _estimated_usage(
-    req: ChatRequest, choices: list[dict[str, Any]], *, generated_chars: int = 0
+    req: ChatRequest, target: Target, choices: list[dict[str, Any]], generated: Sequence[str] = ()
 ) -> Usage:
-    text_chars = generated_chars + sum(
-        len(str((c.get("message") or {}).get("content") or "")) for c in choices
+    """Usage counted here when the provider reported none: the prompt, and what was
+    generated, with the model's tokenizer (exact for OpenAI-family models, see
+    shared/tokens.py). Runs in a thread: counting a long text takes a while."""
+    texts = list(generated)
+    for choice in choices:
+        message = choice.get("message") or {}
+        texts.append(str(message.get("content") or ""))
+        for call in message.get("tool_calls") or ():
+            texts.append(str((call.get("function") or {}).get("arguments") or ""))
+    tools = req.body.get("tools")
+    prompt = count_prompt_tokens(
+        req.body.get("messages") or [],
+        target.model_id,
+        tools=tools if isinstance(tools, list) else None,
     )
-    completion = -(-text_chars // CHARS_PER_TOKEN)
-    prompt = estimate_prompt_tokens(req.body.get("messages") or [])
-    return Usage(prompt_tokens=prompt, completion_tokens=completion)
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=count_text_tokens("".join(texts), target.model_id)
+    )
 
 
 async def _publish_error(publisher: ReplyPublisher, error: GatewayError) -> None:
@@ -364,9 +395,10 @@ def _event(job: Job, state: JobState, outcome: Outcome) -> CompletionEvent:
     if usage is None and billable:
         # Cancelled, or broken after content was delivered: bill by estimate what the
         # upstream read and generated.
+        assert target is not None
         usage = Usage(
-            prompt_tokens=estimate_prompt_tokens(_messages(job)),
-            completion_tokens=-(-state.generated_chars // CHARS_PER_TOKEN),
+            prompt_tokens=count_prompt_tokens(_messages(job), target.model_id),
+            completion_tokens=count_text_tokens("".join(state.generated), target.model_id),
         )
         estimated = True
     usage = usage or Usage()

@@ -37,3 +37,14 @@ class TestPrice:
     def test_cached_capped_by_prompt(self) -> None:
         price = Price(Decimal("1"), Decimal("1"), Decimal("0.5"))
         assert price.cost_nusd(10, 0, 50) == 10 * 500
+
+
+def test_compact_usd_is_exact_and_valid_json() -> None:
+    import orjson
+
+    from shared.money import format_usd_compact
+
+    cases = {0: "0", 12_500: "0.0000125", 2 * 10**9: "2", -5 * 10**8: "-0.5", 1: "0.000000001"}
+    for nusd, text in cases.items():
+        assert format_usd_compact(nusd) == text
+        assert orjson.dumps({"cost": orjson.Fragment(text.encode())}) == b'{"cost":' + text.encode() + b"}"
