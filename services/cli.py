@@ -573,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=cmd_wallet_show)
 
     _add_fake_providers(sub)
+    from services.cli_usage import add_usage_commands
+
+    add_usage_commands(sub)  # gateway usage providers|spend
     return parser
 
 

@@ -49,7 +49,9 @@ def resolve_redis_url(settings: Settings) -> str | None:
 
 def run_service(name: str) -> int:
     settings = Settings.from_env()
-    configure_logging(settings.log_level, settings.log_format, service=name)
+    configure_logging(
+        settings.log_level, settings.log_format, service=name, log_prompts=settings.log_prompts
+    )
     if name == "all":
         return Supervisor(settings).run()
     redis_url = resolve_redis_url(settings)

@@ -24,7 +24,9 @@ from services.api.middlewares import request_context
 from services.api.replies import ReplyHub
 from services.api.routes.chat import chat_completions
 from services.api.routes import account, admin, admin_usage, estimate
+from services.api.routes import admin_stats, dashboard
 from services.api.routes.health import health
+from services.api.routes.metrics import setup_metrics
 from services.api.routes.models import get_model, list_models
 from services.api.routes.providers import chat_health, chat_models
 from shared.catalog import Catalog, catalog_for
@@ -48,6 +50,7 @@ def create_app(
     app[SETTINGS] = settings
     demo_url = settings.provider_base_urls.get("fake") if settings.demo_mode else None
     app[CATALOG] = catalog or catalog_for(settings.catalog_path, demo_base_url=demo_url)
+    setup_metrics(app)  # GET /metrics; counts every request, logs its summary line
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         client = redis or Redis.from_url(redis_url, max_connections=None)
@@ -113,6 +116,8 @@ def create_app(
     app.router.add_get("/health", health)
     app.router.add_get("/v1/chat/models", chat_models)
     app.router.add_get("/v1/chat/health", chat_health)
+    admin_stats.add_routes(app.router)
+    dashboard.add_routes(app.router)
     for routes in (estimate, account, admin, admin_usage):
         routes.add_routes(app.router)
     return app

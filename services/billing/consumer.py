@@ -35,6 +35,7 @@ from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.billing.metrics import BillingMetrics
 from services.billing.settle import settle, settle_batch
 from shared.messages import CompletionEvent, MessageError
 from shared.redis import keys
@@ -141,6 +142,7 @@ class BillingConsumer:
         stream: str = keys.EVENTS_STREAM,
         group: str = keys.EVENTS_GROUP,
         bulk: bool = True,
+        metrics: BillingMetrics | None = None,
     ) -> None:
         self.redis = redis
         self.sessions = sessions
@@ -152,6 +154,7 @@ class BillingConsumer:
         self.stream = stream
         self.group = group
         self.bulk = bulk
+        self.metrics = metrics
         self._backoff = Backoff(backoff_initial_s, backoff_max_s)
         # Claiming scans the group's pending list; once per fraction of the idle time
         # is enough to pick up a dead consumer's entries promptly.
@@ -324,6 +327,8 @@ class BillingConsumer:
             )
         if outcome.already_settled:
             log.info("events_already_settled", count=len(outcome.already_settled))
+        if self.metrics is not None:
+            self.metrics.observe_batch(outcome.settled, skipped=len(outcome.already_settled))
         return True
 
     async def _settle_one_by_one(
@@ -378,6 +383,8 @@ class BillingConsumer:
             # After the commit: the hold is released even for an already-settled event,
             # because the attempt that settled it may have died before this step.
             await self._release_holds([event])
+            if self.metrics is not None:
+                self.metrics.observe(event, settled=settled)
             if settled:
                 log.info(
                     "event_settled",
@@ -411,6 +418,8 @@ async def run_billing(
     from redis.asyncio import Redis as RedisClient
     from sqlalchemy.engine import make_url
 
+    from prometheus_client import CollectorRegistry
+
     from services.billing.jobs import (
         JobDeps,
         create_arq_pool,
@@ -433,12 +442,15 @@ async def run_billing(
         reconcile_every_min=reconcile_every_min,
     )
     jobs_task = asyncio.create_task(jobs.async_run())
+    metrics = BillingMetrics(CollectorRegistry(), redis, dead_letter_stream=DEAD_LETTER_STREAM)
+    metrics_server = await metrics.serve(host=settings.host, port=settings.billing_metrics_port)
     try:
         consumer = BillingConsumer(
             redis,
             sessions,
             Funds(redis),
             consumer_name=consumer_name or default_consumer_name(),
+            metrics=metrics,
         )
         log.info(
             "billing_starting",
@@ -446,6 +458,8 @@ async def run_billing(
         )
         await consumer.run(stop)
     finally:
+        if metrics_server is not None:
+            await metrics_server.close()
         await stop_arq_worker(jobs, arq_pool, jobs_task)
         await http.close()
         await redis.aclose()

@@ -253,6 +253,8 @@ async def _complete_once(
         **completion.extra,
     }
     state.committed = True
+    if deps.settings.log_prompts:  # LOG_PROMPTS=true, and only on debug lines
+        log.debug("completion_text", completion_text=completion.choices)
     await publisher.finish(FrameKind.RESPONSE, orjson.dumps(body), _meta(target, cost, state))
 
 
@@ -275,6 +277,7 @@ async def _stream_once(
     # any content leaves the client with one clean stream.
     held_back: list[bytes] = []
     usage: Usage | None = None
+    text_log: list[str] | None = [] if deps.settings.log_prompts else None
     async for delta in upstream.stream(deps.http, adapter, target, req, deps.timeouts):
         if delta.usage is not None:
             usage = delta.usage
@@ -289,6 +292,8 @@ async def _stream_once(
             content = d.get("content")
             if content:
                 state.generated_chars += len(content)
+                if text_log is not None:
+                    text_log.append(content)
                 state.generated.append(content)
             for call in d.get("tool_calls") or ():
                 arguments = str((call.get("function") or {}).get("arguments") or "")
@@ -313,6 +318,8 @@ async def _stream_once(
         usage, usage or await asyncio.to_thread(_estimated_usage, req, target, [], state.generated)
     )
     cost = _cost(target, usage)
+    if text_log is not None:  # LOG_PROMPTS=true, and only on debug lines
+        log.debug("completion_text", completion_text="".join(text_log))
     tail = b"".join(held_back)
     if req.include_usage:
         tail += sse({**head, "choices": [], "usage": usage_json(usage, cost)})
@@ -327,6 +334,10 @@ def _meta(target: Target, cost_nusd: int, state: JobState) -> dict[str, Any]:
         "model": target.model_id,
         "attempts": len(state.attempts) + 1,
         "usage_estimated": state.usage_estimated,
+        # Figures for the api's request_finished line.
+        "prompt_tokens": state.usage.prompt_tokens if state.usage else 0,
+        "completion_tokens": state.usage.completion_tokens if state.usage else 0,
+        "first_chunk_ms": state.first_chunk_ms,
     }
 
 

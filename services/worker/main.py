@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
@@ -29,9 +30,11 @@ from services.worker import upstream
 from services.worker.alerts import AlertSender
 from services.worker.fallback import RetryPolicy
 from services.worker.job import WorkerDeps, execute
+from services.worker.metrics import WorkerMetrics, serve_worker_metrics
 from services.worker.providers import resolve_adapters
 from services.worker.routing import provider_access
 from shared.catalog import catalog_for
+from shared.metrics import LabelBounds
 from shared.circuit import CircuitPolicy, Circuits
 from shared.messages import CompletionEvent, Job, MessageError
 from shared.provider_stats import Sample, add_sample, read_stats
@@ -61,6 +64,7 @@ class Worker:
         shutdown_grace_s: float = 30.0,
         health_refresh_s: float = 1.0,
         alerts: AlertSender | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.deps = deps
         self.redis = deps.redis
@@ -71,6 +75,7 @@ class Worker:
         self.shutdown_grace_s = shutdown_grace_s
         self.health_refresh_s = health_refresh_s
         self.alerts = alerts
+        self.metrics = metrics
         self.running: dict[bytes, Running] = {}
         self._slot_freed = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -165,6 +170,8 @@ class Worker:
                 cancel.set()
             event = await execute(self.deps, job, cancel=cancel, generation=generation)
             await asyncio.shield(self._finish(entry_id, event))
+            if self.metrics is not None:
+                self.metrics.observe(event)
             if self.alerts is not None and event.attempts:
                 self.alerts.after_job(event)
             log.info(
@@ -175,6 +182,11 @@ class Worker:
                 cost_nusd=event.cost_nusd,
                 attempts=len(event.attempts),
                 duration_ms=event.duration_ms,
+                model=event.model_served or event.model_requested,
+                prompt_tokens=event.usage.prompt_tokens,
+                completion_tokens=event.usage.completion_tokens,
+                ttfc_ms=event.ttfc_ms,
+                queue_wait_ms=event.queue_wait_ms,
             )
         except asyncio.CancelledError:
             raise
@@ -360,10 +372,25 @@ async def run_worker(settings: Settings, redis_url: str, stop: asyncio.Event) ->
     if not deps.access:
         log.warning("no_provider_enabled", hint="set API_KEY_<PROVIDER> or run in demo mode")
     alerts = await AlertSender.create(settings, redis_url)
-    worker = Worker(deps, concurrency=settings.worker_concurrency, alerts=alerts)
+    metrics = WorkerMetrics(CollectorRegistry(), LabelBounds(catalog))
+    worker = Worker(deps, concurrency=settings.worker_concurrency, alerts=alerts, metrics=metrics)
+    circuits = deps.circuits
+    metrics_server = await serve_worker_metrics(
+        metrics,
+        redis,
+        host=settings.host,
+        port=settings.worker_metrics_port,
+        running=lambda: len(worker.running),
+        concurrency=worker.concurrency,
+        circuits=(lambda: {k: v.state.value for k, v in circuits.snapshot.items()})
+        if circuits is not None
+        else None,
+    )
     try:
         await worker.run(stop)
     finally:
+        if metrics_server is not None:
+            await metrics_server.close()
         await alerts.close()
         await http.close()
         await redis.aclose()

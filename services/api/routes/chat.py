@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +11,8 @@ from aiohttp import web
 from services.api.admission import Admitted
 from services.api.access import cached_answer, model_allowed, serve_cached, store_answer
 from services.api.appkeys import ADMISSION, AUTH, CATALOG, REDIS, REPLIES, REQUEST_ID_KEY
-from services.api.appkeys import PRINCIPAL_KEY
+from services.api.appkeys import PRINCIPAL_KEY, SETTINGS
+from services.api.metrics import chat_figures, request_summary
 from services.api.relay import FrameReader, cancel_upstream, relay_json, relay_sse
 from services.api.validation import ChatBody, parse_chat_body
 from shared.capabilities import STREAMING
@@ -50,13 +50,15 @@ def rate_headers(admitted: Admitted) -> dict[str, str]:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    started = time.perf_counter()
     app = request.app
     principal = await app[AUTH].authenticate(request)
     structlog.contextvars.bind_contextvars(user_id=principal.user_id, key_id=principal.key_id)
     request[PRINCIPAL_KEY] = principal
     raw = await request.read()
     body = parse_chat_body(raw)
+    request_summary(request).update(model=body.model, stream=body.stream)
+    if app[SETTINGS].log_prompts:  # LOG_PROMPTS=true, and only on debug lines
+        log.debug("prompt_text", messages=body.messages)
     model = resolve_model(app[CATALOG], body)
     model_allowed(principal, app[CATALOG], model, body)
     cache_req, cached = await cached_answer(request, principal, body, raw)
@@ -88,13 +90,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         replies.unregister(request_id)
         if admitted is not None and not finished:
             cancel_upstream(app[REDIS], request_id)
-        log.info(
-            "request_finished",
-            model=body.model,
-            stream=body.stream,
-            provider=meta.get("provider"),
-            status=meta.get("status", 200 if finished else None),
-            cost_nusd=meta.get("cost_nusd"),
-            client_gone=admitted is not None and not finished,
-            latency_ms=round((time.perf_counter() - started) * 1000, 1),
+        # The request_finished line itself is logged by the metrics middleware.
+        request_summary(request).update(
+            chat_figures(
+                meta,
+                enqueued_ms=admitted.job.enqueued_ms if admitted is not None else None,
+                finished=finished,
+                admitted=admitted is not None,
+            )
         )

@@ -60,7 +60,7 @@ class TogetherWire(OpenAIWire):
     def finish_reason(self, plan: Plan) -> str:
         if plan.finish is Finish.STOP and plan.step.eos:
             return "eos"
-        return plan.finish.value
+        return plan.finish
 
     def headers(self, status: int, retry_after_s: float | None) -> dict[str, str]:
         if status == 429:
