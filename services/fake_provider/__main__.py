@@ -12,7 +12,10 @@ from shared.logging import configure_logging
 def run() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m services.fake_provider",
-        description="An OpenAI-compatible fake LLM provider for demos, tests and benchmarks.",
+        description=(
+            "A fake LLM provider speaking the OpenAI, Together, Anthropic and Gemini wire "
+            "formats, for demos, tests and benchmarks."
+        ),
     )
     add_arguments(parser)
     configure_logging(service="fake_provider")

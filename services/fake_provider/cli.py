@@ -22,9 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ttft-ms", type=int, default=0, help="delay before the first chunk")
     parser.add_argument("--chunks", type=int, default=8, help="content chunks per answer")
     parser.add_argument("--chunk-delay-ms", type=int, default=0, help="delay between chunks")
-    parser.add_argument(
-        "--no-auth", action="store_true", help="accept requests without a bearer token"
-    )
+    parser.add_argument("--no-auth", action="store_true", help="accept requests without an API key")
 
 
 def main(args: argparse.Namespace) -> int:
