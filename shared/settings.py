@@ -81,6 +81,8 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024
     request_timeout_s: float = 300.0
     worker_concurrency: int = 512
+    # Jobs pending this long on a silent worker are reclaimed (XAUTOCLAIM) by another.
+    worker_claim_idle_ms: int = 30_000
     worker_metrics_port: int = 9101
     billing_metrics_port: int = 9102
     upstream_connect_timeout_s: float = 10.0
@@ -149,6 +151,7 @@ class Settings:
             max_body_bytes=_int(env, "MAX_BODY_BYTES", 8 * 1024 * 1024),
             request_timeout_s=_float(env, "REQUEST_TIMEOUT_SECONDS", 300.0),
             worker_concurrency=_int(env, "WORKER_CONCURRENCY", 512),
+            worker_claim_idle_ms=_int(env, "WORKER_CLAIM_IDLE_MS", 30_000),
             worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 9101),
             billing_metrics_port=_int(env, "BILLING_METRICS_PORT", 9102),
             upstream_connect_timeout_s=_float(env, "UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10.0),

@@ -373,7 +373,13 @@ async def run_worker(settings: Settings, redis_url: str, stop: asyncio.Event) ->
         log.warning("no_provider_enabled", hint="set API_KEY_<PROVIDER> or run in demo mode")
     alerts = await AlertSender.create(settings, redis_url)
     metrics = WorkerMetrics(CollectorRegistry(), LabelBounds(catalog))
-    worker = Worker(deps, concurrency=settings.worker_concurrency, alerts=alerts, metrics=metrics)
+    worker = Worker(
+        deps,
+        concurrency=settings.worker_concurrency,
+        claim_idle_ms=settings.worker_claim_idle_ms,
+        alerts=alerts,
+        metrics=metrics,
+    )
     circuits = deps.circuits
     metrics_server = await serve_worker_metrics(
         metrics,

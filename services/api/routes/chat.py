@@ -88,7 +88,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return response
     finally:
         replies.unregister(request_id)
-        if admitted is not None and not finished:
+        # A stream the api ended with an error (e.g. its worker died and another took the
+        # job over) must stop upstream too, or the client pays for an answer it never got.
+        if admitted is not None and (not finished or int(meta.get("status", 200)) >= 400):
             cancel_upstream(app[REDIS], request_id)
         # The request_finished line itself is logged by the metrics middleware.
         request_summary(request).update(
