@@ -8,7 +8,7 @@ that came from the database or a client is escaped.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from html import escape
 from pathlib import Path
@@ -40,6 +40,8 @@ class DashboardData:
     models: Mapping[str, Any]
     traffic: Mapping[str, Any]
     errors: Mapping[str, Any]
+    # (provider, model) -> circuit breaker state, read live from Redis.
+    circuits: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
 
 def page(body: str, *, nav: bool = True) -> str:
@@ -65,7 +67,7 @@ def dashboard_page(data: DashboardData) -> str:
     parts = [
         _overview(data),
         _section("Requests and spend over time", _traffic_chart(data)),
-        _section("Provider health", _providers_table(data.providers["providers"])),
+        _section("Provider health", _providers_table(data.providers["providers"], data.circuits)),
         '<div class="grid2">',
         _section("Top users by spend", _spend_table(data.users, "user")),
         _section("Spend by model", _spend_table(data.models, "model")),
@@ -149,9 +151,11 @@ def _td(value: str, css: str = "", num_cell: bool = False) -> str:
     return f'<td class="{classes}">{escape(value)}</td>' if classes else f"<td>{escape(value)}</td>"
 
 
-def _providers_table(rows: Sequence[Mapping[str, Any]]) -> str:
+def _providers_table(
+    rows: Sequence[Mapping[str, Any]], circuits: Mapping[tuple[str, str], str]
+) -> str:
     headers = [
-        ("provider", False), ("model", False), ("calls", True), ("success", True),
+        ("provider", False), ("model", False), ("circuit", False), ("calls", True), ("success", True),
         ("technical errors", True), ("business errors", True), ("requests served", True),
         ("latency p50 ms", True), ("p90", True), ("p99", True),
         ("TTFT p50 ms", True), ("p90", True), ("p99", True), ("tokens/s p50", True),
@@ -161,9 +165,11 @@ def _providers_table(rows: Sequence[Mapping[str, Any]]) -> str:
         key = f"{row['provider'] or '-'}/{row['model'] or '-'}"
         lat, ttft = row["latency_ms"], row["ttft_ms"]
         rate = row["success_rate"]
+        circuit = circuits.get((row["provider"], row["model"]), "–")
         cells = [
             _td(row["provider"] or "(none)", "provider"),
             _td(row["model"] or "(none)", "model"),
+            _td(circuit, f"circuit circuit-{circuit}"),
             _td(num(row["attempts"]), "attempts", True),
             _td(percent(rate), f"success {_rate_class(rate)}".strip(), True),
             _td(num(row["technical_errors"]), "technical", True),

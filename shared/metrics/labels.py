@@ -80,7 +80,7 @@ class Children:
     Safe because every value passed here comes from a bounded set.
     """
 
-    __slots__ = ("_metric", "_children")
+    __slots__ = ("_children", "_metric")
 
     def __init__(self, metric: Any) -> None:
         self._metric = metric

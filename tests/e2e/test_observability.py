@@ -75,15 +75,15 @@ def _traffic(stack: Stack, key: str) -> dict[str, list[str]]:
         )
         ids["json"].append(raw.headers["x-request-id"])
     for _ in range(2):
-        raw = client.chat.completions.with_raw_response.create(
+        streamed = client.chat.completions.with_raw_response.create(
             model="duo",
             messages=[{"role": "user", "content": f"{PROMPT} {STREAM_SHAPE}"}],
             stream=True,
             stream_options={"include_usage": True},
             extra_body=ORDER,
         )
-        assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
-        ids["stream"].append(raw.headers["x-request-id"])
+        assert "".join(c.choices[0].delta.content or "" for c in streamed.parse() if c.choices)
+        ids["stream"].append(streamed.headers["x-request-id"])
     # alpha's next call fails with a 500; beta serves the request instead.
     status, _ = http(
         "POST",
@@ -159,7 +159,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - local
+    with urllib.request.urlopen(url, timeout=10) as resp:
         assert resp.status == 200
         text = resp.read().decode()
     return {
@@ -351,6 +351,7 @@ class TestOperatorViews:
                 for row in providers["providers"]:
                     cells = page.locator(f'tr[data-key="{row["provider"]}/{row["model"]}"]')
                     assert cells.locator("td.attempts").inner_text() == str(row["attempts"])
+                    assert cells.locator("td.circuit").inner_text() == "closed"
                     assert cells.locator("td.requests").inner_text() == str(row["requests"])
                     shown = cells.locator("td.success").inner_text().rstrip("%")
                     assert float(shown) == pytest.approx(row["success_rate"] * 100)

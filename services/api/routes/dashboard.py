@@ -23,10 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api import admin_session
 from services.api.admin_auth import require_admin
-from services.api.appkeys import SETTINGS
+from services.api.appkeys import REDIS, SETTINGS
 from services.api.dashboard_view import CSS, DashboardData, dashboard_page, login_page, page
 from services.api.routes.admin_stats import read_report
-from services.api.routes.health import gather_health
+from services.api.routes.health import CHECK_TIMEOUT_S, gather_health
+from shared.circuit import Circuits
 from shared.db.repositories.stats import Bucket, SpendGroup
 from shared.errors import InvalidRequest, ServiceUnavailable
 from shared.stats_report import (
@@ -114,8 +115,24 @@ async def dashboard(request: web.Request) -> web.Response:
             ),
             status=503,
         )
-    data = DashboardData(hours=hours, start=window.start, end=window.end, health=health, **found)
+    circuits = await _circuits(request, found["providers"]["providers"])
+    data = DashboardData(
+        hours=hours, start=window.start, end=window.end, health=health, circuits=circuits, **found
+    )
     return _html(dashboard_page(data))
+
+
+async def _circuits(
+    request: web.Request, rows: list[dict[str, Any]]
+) -> dict[tuple[str, str], str]:
+    """Each listed provider's circuit breaker state, as the workers share it in Redis."""
+    pairs = [(r["provider"], r["model"]) for r in rows if r["provider"] and r["model"]]
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            views = await Circuits(request.app[REDIS]).read(pairs)
+    except Exception:  # noqa: BLE001 - the page still shows everything else
+        return {}
+    return {pair: view.state.value for pair, view in views.items()}
 
 
 async def login_form(request: web.Request) -> web.Response:

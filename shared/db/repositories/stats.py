@@ -263,7 +263,8 @@ async def _provider_stats_rows(
                 ttfcs.append(ttfc)
             if tps is not None:
                 rates.append(tps)
-        for attempt in attempts or ():
+        detail: list[dict[str, Any]] = attempts or []
+        for attempt in detail:
             _add_attempts(
                 result, attempt.get("provider"), attempt.get("model"), attempt.get("outcome"), 1
             )

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest_asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from fakeredis.aioredis import FakeRedis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -25,7 +26,7 @@ def api_settings(tmp_path: Path, **changes: object) -> Settings:
 @pytest_asyncio.fixture
 async def api(
     tmp_path: Path, fake_redis: FakeRedis, sqlite_sessions: async_sessionmaker[AsyncSession]
-) -> AsyncIterator[TestClient[object, object]]:
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app = create_app(
         api_settings(tmp_path), redis_url="", redis=fake_redis, sessions=sqlite_sessions
     )

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from fakeredis.aioredis import FakeRedis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -20,7 +21,7 @@ from tests.integration.stats.test_stats import seed
 from tests.oracles import validate_openai
 from tests.unit.metrics.helpers import value
 
-Client = TestClient[object, object]
+Client = TestClient[web.Request, web.Application]
 
 # The request-id middleware stores a plain string key on the request (aiohttp 3.14 warns).
 pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")

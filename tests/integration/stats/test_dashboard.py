@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
+from fakeredis.aioredis import FakeRedis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.api import admin_session
+from shared.redis import keys
 from tests.integration.stats.conftest import ADMIN, ADMIN_TOKEN
 from tests.integration.stats.test_stats import seed
 
-Client = TestClient[object, object]
+Client = TestClient[web.Request, web.Application]
 pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 
 
@@ -40,7 +43,7 @@ async def test_a_wrong_token_is_refused_and_sets_nothing(api: Client) -> None:
 async def test_signing_in_sets_a_strict_httponly_cookie_and_shows_real_figures(
     api: Client, sqlite_sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    alice, bob = await seed(sqlite_sessions)
+    _alice, bob = await seed(sqlite_sessions)
     resp = await api.post(
         "/admin/dashboard/login", data={"token": ADMIN_TOKEN}, allow_redirects=False
     )
@@ -72,6 +75,20 @@ async def test_signing_in_sets_a_strict_httponly_cookie_and_shows_real_figures(
     assert logout.status == 303
     api.session.cookie_jar.clear()
     assert (await api.get("/admin/dashboard", allow_redirects=False)).status == 303
+
+
+async def test_an_open_circuit_shows_beside_its_provider(
+    api: Client, sqlite_sessions: async_sessionmaker[AsyncSession], fake_redis: FakeRedis
+) -> None:
+    await seed(sqlite_sessions)
+    await fake_redis.hset(  # type: ignore[misc]
+        keys.circuit("openai", "gpt-4o"), mapping={"state": "open", "failures": 5, "opened_ms": 1}
+    )
+    html = await (await api.get("/admin/dashboard", headers=ADMIN)).text()
+    openai = re.search(r'<tr data-key="openai/gpt-4o">(.*?)</tr>', html)
+    openrouter = re.search(r'<tr data-key="openrouter/gpt-4o">(.*?)</tr>', html)
+    assert openai is not None and 'class="circuit circuit-open">open<' in openai[1]
+    assert openrouter is not None and ">closed<" in openrouter[1]
 
 
 async def test_a_bearer_token_also_opens_the_page(api: Client) -> None:

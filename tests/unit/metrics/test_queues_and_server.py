@@ -101,11 +101,13 @@ async def test_metrics_server_serves_and_survives_a_busy_port() -> None:
     try:
         # The same port again: logged, None, and no exception for the service.
         assert await start_metrics_server(registry, host="127.0.0.1", port=port) is None
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
-                assert resp.status == 200
-                assert resp.headers["Content-Type"].startswith("text/plain")
-                text = await resp.text()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/metrics") as resp,
+        ):
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("text/plain")
+            text = await resp.text()
         assert value(text, "test_hits_total") == 1 and refreshed == [1]
     finally:
         await server.close()

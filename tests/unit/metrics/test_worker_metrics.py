@@ -14,25 +14,25 @@ CATALOG = load_catalog()
 
 
 def event(**changes: object) -> CompletionEvent:
-    base: dict[str, object] = dict(
-        request_id="req_1",
-        user_id="usr_secret_user",
-        key_id="key_secret",
-        model_requested="gpt-4o-mini",
-        model_served="gpt-4o-mini",
-        provider="openai",
-        outcome=Outcome.OK,
-        stream=True,
-        usage=Usage(prompt_tokens=100, completion_tokens=40, cached_tokens=10, reasoning_tokens=5),
-        usage_estimated=False,
-        cost_nusd=12_345,
-        hold_nusd=0,
-        attempts=(Attempt(provider="openai", model="gpt-4o-mini", outcome="ok", status=200),),
-        queue_wait_ms=3,
-        ttfc_ms=200,
-        duration_ms=1200,
-        finished_ms=1,
-    )
+    base: dict[str, object] = {
+        "request_id": "req_1",
+        "user_id": "usr_secret_user",
+        "key_id": "key_secret",
+        "model_requested": "gpt-4o-mini",
+        "model_served": "gpt-4o-mini",
+        "provider": "openai",
+        "outcome": Outcome.OK,
+        "stream": True,
+        "usage": Usage(prompt_tokens=100, completion_tokens=40, cached_tokens=10, reasoning_tokens=5),
+        "usage_estimated": False,
+        "cost_nusd": 12_345,
+        "hold_nusd": 0,
+        "attempts": (Attempt(provider="openai", model="gpt-4o-mini", outcome="ok", status=200),),
+        "queue_wait_ms": 3,
+        "ttfc_ms": 200,
+        "duration_ms": 1200,
+        "finished_ms": 1,
+    }
     base.update(changes)
     return CompletionEvent(**base)  # type: ignore[arg-type]
 
