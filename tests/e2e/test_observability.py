@@ -419,3 +419,31 @@ class TestHealth:
         )
         _, body = http("GET", stack.api_url + "/health")
         assert body["status"] == "ok" and body["workers"]["live"] == 1
+
+
+def test_log_prompts_logs_the_text_on_marked_debug_lines(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The debug option an operator turns on to see what was sent and answered."""
+    with running_stack(
+        tmp_path_factory,
+        env_overrides={"LOG_PROMPTS": "true", "LOG_LEVEL": "debug"},
+        services=("api", "worker"),
+    ) as stack:
+        _user, key = stack.new_funded_user("1")
+        answer = _client(stack, key).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}]
+        )
+        stack.wait_until(
+            lambda: any(l["event"] == "completion_text" for l in log_lines(stack, "worker")),
+            what="the worker's completion_text line",
+        )
+        prompt = next(l for l in log_lines(stack, "api") if l["event"] == "prompt_text")
+        assert prompt["level"] == "debug" and prompt["log_prompts"] is True
+        assert prompt["messages"] == [{"role": "user", "content": PROMPT}]
+        completion = next(l for l in log_lines(stack, "worker") if l["event"] == "completion_text")
+        assert completion["level"] == "debug" and completion["log_prompts"] is True
+        assert completion["request_id"] == prompt["request_id"]
+        assert answer.choices[0].message.content in str(completion["completion_text"])
+        for service in ("api", "worker"):
+            assert key not in (stack.log_dir / f"{service}.log").read_text()
