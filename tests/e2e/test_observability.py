@@ -444,6 +444,7 @@ def test_log_prompts_logs_the_text_on_marked_debug_lines(
         completion = next(l for l in log_lines(stack, "worker") if l["event"] == "completion_text")
         assert completion["level"] == "debug" and completion["log_prompts"] is True
         assert completion["request_id"] == prompt["request_id"]
-        assert answer.choices[0].message.content in str(completion["completion_text"])
+        content = answer.choices[0].message.content
+        assert content and content in str(completion["completion_text"])
         for service in ("api", "worker"):
             assert key not in (stack.log_dir / f"{service}.log").read_text()
