@@ -572,6 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--limit", type=_positive_int, default=20, help="transactions shown (20)")
     show.set_defaults(handler=cmd_wallet_show)
 
+    from services.cli_billing import add_billing_commands
+
+    add_billing_commands(sub)
     _add_fake_providers(sub)
     from services.cli_usage import add_usage_commands
 

@@ -298,3 +298,31 @@ def test_amounts_render_exactly(amount: str) -> None:
 
     assert format_usd(amount_nusd({"amount": amount})).rstrip("0").rstrip(".") == amount.rstrip("0").rstrip(".")
     assert ledger.LedgerKind("refund") is ledger.LedgerKind.REFUND
+
+
+class TestMinimalFund:
+    async def test_below_the_minimal_fund_is_402_and_changes_nothing(
+        self, tmp_path: Path, redis: Redis, redis_url: str, sessions: async_sessionmaker[AsyncSession]
+    ) -> None:
+        strict = settings(tmp_path, minimal_fund_nusd=5 * 10**7)  # MINIMAL_FUND=0.05
+        app = create_app(strict, redis_url=redis_url, redis=redis, sessions=sessions)
+        async with TestClient(TestServer(app)) as client:
+            user_id, key = await new_user(client, credit="0.049")
+            mine = {"Authorization": f"Bearer {key}"}
+            body = {**TestEstimate.BODY, "max_tokens": 1}  # at most a few nano-dollars
+            resp = await client.post("/v1/chat/completions", json=body, headers=mine)
+            assert resp.status == 402
+            error = (await resp.json())["error"]
+            assert error["code"] == "insufficient_quota" and "minimal fund" in error["message"]
+            assert await redis.exists(keys.JOBS_STREAM) == 0  # nothing queued
+            assert await redis.hlen(keys.holds(user_id)) == 0  # type: ignore[misc]
+
+            estimate = await (await client.post("/v1/chat/estimate", json=body, headers=mine)).json()
+            assert estimate["covers_max_cost"] is True and estimate["would_admit"] is False
+            await client.post(
+                f"/admin/users/{user_id}/wallet/credit",
+                json={"amount": "0.001", "idempotency_key": "top-up"},
+                headers=ADMIN,
+            )
+            estimate = await (await client.post("/v1/chat/estimate", json=body, headers=mine)).json()
+            assert estimate["would_admit"] is True
