@@ -19,7 +19,7 @@ import sys
 import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
@@ -58,7 +58,7 @@ def day_or_time(raw: str, *, end: bool = False) -> datetime:
         if len(raw) == 10:
             day = date.fromisoformat(raw)
             return datetime.combine(day + timedelta(days=1) if end else day, time.min, UTC)
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(raw)
     except ValueError as exc:
         raise _cli().CommandError(f"not an ISO 8601 date or date-time: {raw!r}") from exc
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -172,7 +172,9 @@ def cmd_transactions(args: argparse.Namespace, settings: Settings) -> int:
         if not rows:
             print("no transactions")
             return 0
-        print(f"{'ID':>8} {'WHEN':<16} {'USER':<28} {'KIND':<10} {'AMOUNT (USD)':>18} {'BALANCE':>18}  REASON")
+        print(
+            f"{'ID':>8} {'WHEN':<16} {'USER':<28} {'KIND':<10} {'AMOUNT (USD)':>18} {'BALANCE':>18}  REASON"
+        )
         for tx in rows:
             print(
                 f"{tx.id:>8} {cli._when(tx.created_at):<16} {tx.user_id:<28} {tx.kind:<10} "
@@ -204,7 +206,7 @@ def cmd_usage(args: argparse.Namespace, settings: Settings) -> int:
         head = "".join(f"{g.upper():<28} " for g in group_by)
         print(f"{head}{'REQUESTS':>9} {'PROMPT':>10} {'COMPLETION':>10} {'COST (USD)':>18}")
         for row in rows:
-            keys = "".join(f"{str(row[g] or '-'):<28} " for g in group_by)
+            keys = "".join(f"{row[g] or '-'!s:<28} " for g in group_by)
             print(
                 f"{keys}{row['requests']:>9} {row['prompt_tokens']:>10} "
                 f"{row['completion_tokens']:>10} {format_usd(row['cost_nusd']):>18}"
@@ -221,33 +223,34 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     cli = _cli()
     since, until = _range(args)
 
+    out: TextIO = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
+
     async def work(sessions: async_sessionmaker[AsyncSession]) -> int:
-        out = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
-        try:
-            writer = csv.writer(out, lineterminator="\r\n")
-            writer.writerow(USAGE_CSV_COLUMNS)
-            before: int | None = None
-            count = 0
-            async with sessions() as session:
-                while True:
-                    rows = await usage.usage_page(
-                        session, user_id=args.user, since=since, until=until,
-                        before_id=before, limit=1000,
-                    )  # fmt: skip
-                    for row in rows:
-                        view = usage_view(row)
-                        writer.writerow([view.get(c) for c in USAGE_CSV_COLUMNS])
-                    count += len(rows)
-                    if len(rows) < 1000:
-                        break
-                    before = rows[-1].id
-        finally:
-            if out is not sys.stdout:
-                out.close()
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(USAGE_CSV_COLUMNS)
+        before: int | None = None
+        count = 0
+        async with sessions() as session:
+            while True:
+                rows = await usage.usage_page(
+                    session, user_id=args.user, since=since, until=until,
+                    before_id=before, limit=1000,
+                )  # fmt: skip
+                for row in rows:
+                    view = usage_view(row)
+                    writer.writerow([view.get(c) for c in USAGE_CSV_COLUMNS])
+                count += len(rows)
+                if len(rows) < 1000:
+                    break
+                before = rows[-1].id
         print(f"exported {count} usage row(s)", file=sys.stderr)
         return 0
 
-    return int(cli._run_db(settings, work))
+    try:
+        return int(cli._run_db(settings, work))
+    finally:
+        if out is not sys.stdout:
+            out.close()
 
 
 # --- parser --------------------------------------------------------------------------------
@@ -256,7 +259,9 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 def _add_range(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user", metavar="USER_ID", help="only this user")
     parser.add_argument("--from", dest="since", metavar="DATE", help="ISO date or date-time (UTC)")
-    parser.add_argument("--to", dest="until", metavar="DATE", help="ISO date (inclusive) or date-time")
+    parser.add_argument(
+        "--to", dest="until", metavar="DATE", help="ISO date (inclusive) or date-time"
+    )
 
 
 def add_billing_commands(sub: Any) -> None:
@@ -290,9 +295,13 @@ def add_billing_commands(sub: Any) -> None:
     ):
         parser = actions.add_parser(name, help=text, description=f"Append a ledger row: {text}.")
         parser.add_argument("--user", required=True, metavar="USER_ID")
-        parser.add_argument("--amount", required=True, metavar="USD", help="decimal USD, e.g. -0.25")
+        parser.add_argument(
+            "--amount", required=True, metavar="USD", help="decimal USD, e.g. -0.25"
+        )
         parser.add_argument("--reason", required=True, help="why (kept in the ledger)")
-        parser.add_argument("--idempotency-key", metavar="K", help="the same key twice applies once")
+        parser.add_argument(
+            "--idempotency-key", metavar="K", help="the same key twice applies once"
+        )
         if name == "refund":
             parser.add_argument("--request-id", metavar="RID", help="the request refunded")
         parser.set_defaults(handler=handler)
@@ -305,12 +314,12 @@ def add_billing_commands(sub: Any) -> None:
 
     use = actions.add_parser("usage", help="requests, tokens and cost per group")
     _add_range(use)
-    use.add_argument("--group-by", default="model", help=f"comma-separated: {', '.join(DIMENSIONS)}")
+    use.add_argument(
+        "--group-by", default="model", help=f"comma-separated: {', '.join(DIMENSIONS)}"
+    )
     use.set_defaults(handler=cmd_usage)
 
     export = actions.add_parser("export", help="every usage row as CSV")
     _add_range(export)
     export.add_argument("--output", "-o", metavar="FILE", help="write here (default: stdout)")
     export.set_defaults(handler=cmd_export)
-
-

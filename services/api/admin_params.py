@@ -31,7 +31,9 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
+        raise InvalidRequest(
+            f"The request body is not valid JSON: {exc}", code="invalid_json"
+        ) from exc
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     return body
@@ -42,7 +44,9 @@ def optional_str(body: dict[str, Any], name: str, max_len: int = 255) -> str | N
     if value is None:
         return None
     if not isinstance(value, str) or len(value) > max_len:
-        raise InvalidRequest(f"'{name}' must be a string of at most {max_len} characters.", param=name)
+        raise InvalidRequest(
+            f"'{name}' must be a string of at most {max_len} characters.", param=name
+        )
     return value.strip() or None
 
 
@@ -112,7 +116,7 @@ def when(request: web.Request, name: str, *, end_of_day: bool = False) -> dateti
             if end_of_day:
                 moment = datetime.combine(day.fromordinal(day.toordinal() + 1), time.min, UTC)
             return moment
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text)
     except ValueError as exc:
         raise InvalidRequest(
             f"'{name}' must be an ISO 8601 date or date-time, got {raw!r}.", param=name

@@ -371,12 +371,11 @@ class BillingConsumer:
             except Exception as exc:
                 if is_transient(exc):
                     raise
-                log.error(
+                log.exception(
                     "event_settle_failed",
                     entry_id=entry_id.decode(),
                     user_id=event.user_id,
                     error=type(exc).__name__,
-                    exc_info=True,
                 )
                 await self._dead_letter(entry_id, fields, f"{type(exc).__name__}: {exc}")
                 return
@@ -415,10 +414,9 @@ async def run_billing(
     """Run the billing consumer and, beside it, the arq worker of the billing jobs
     (reconciliation, stale holds), until `stop` is set; then close what it opened."""
     import aiohttp
+    from prometheus_client import CollectorRegistry
     from redis.asyncio import Redis as RedisClient
     from sqlalchemy.engine import make_url
-
-    from prometheus_client import CollectorRegistry
 
     from services.billing.jobs import (
         JobDeps,

@@ -91,9 +91,7 @@ async def create_arq_pool(redis_url: str) -> ArqRedis:
     )
 
 
-def create_arq_worker(
-    pool: ArqRedis, deps: JobDeps, *, reconcile_every_min: int = 10
-) -> Worker:
+def create_arq_worker(pool: ArqRedis, deps: JobDeps, *, reconcile_every_min: int = 10) -> Worker:
     """An arq Worker for the billing jobs on `pool`; run it with `async_run()`."""
     every = max(1, min(reconcile_every_min, 60))
     return Worker(

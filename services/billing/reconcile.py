@@ -93,8 +93,10 @@ class ReconcileReport:
     def summary(self) -> str:
         """A few lines for an alert or a terminal."""
         lines = [
-            f"reconciliation at {self.started_at}: {self.problems} problem(s), "
-            f"{self.repairs} repair(s), {self.wallets_checked} wallet(s) checked",
+            (
+                f"reconciliation at {self.started_at}: {self.problems} problem(s), "
+                f"{self.repairs} repair(s), {self.wallets_checked} wallet(s) checked"
+            )
         ]
         for drift in self.wallet_drift[:20]:
             lines.append(
@@ -209,7 +211,9 @@ async def _check_holds(
     for user_id in sorted(await users_with_hold_state(store)):
         holds = await store.holds(user_id)
         settled = await usage.recorded_request_ids(session, (h.request_id for h in holds))
-        expired = [h.request_id for h in holds if h.request_id not in settled and h.expires_ms < now_ms]
+        expired = [
+            h.request_id for h in holds if h.request_id not in settled and h.expires_ms < now_ms
+        ]
         if not repair:
             report.holds_released += [HoldFix(user_id, rid) for rid in sorted(settled)]
             report.holds_expired += [HoldFix(user_id, rid) for rid in expired]
@@ -245,4 +249,3 @@ def _log(report: ReconcileReport) -> None:
             )
     else:
         log.info("reconciliation_clean", **fields)
-

@@ -237,11 +237,14 @@ async def _complete_once(
 ) -> None:
     adapter = deps.adapters[target.provider.adapter]
     completion = await upstream.complete(deps.http, adapter, target, req, deps.timeouts)
-    usage = state.set_usage(
-        completion.usage,
-        completion.usage
-        or await asyncio.to_thread(_estimated_usage, req, target, completion.choices),
-    )
+    reported = completion.usage
+    if reported is None:
+        reported_or_counted = await asyncio.to_thread(
+            _estimated_usage, req, target, completion.choices
+        )
+    else:
+        reported_or_counted = reported
+    usage = state.set_usage(reported, reported_or_counted)
     cost = _cost(target, usage)
     body: dict[str, Any] = {
         "id": completion_id(job.request_id),
@@ -314,9 +317,10 @@ async def _stream_once(
             held_back.clear()
         publisher.push(data, meta)
 
-    usage = state.set_usage(
-        usage, usage or await asyncio.to_thread(_estimated_usage, req, target, [], state.generated)
-    )
+    counted = usage
+    if counted is None:
+        counted = await asyncio.to_thread(_estimated_usage, req, target, [], state.generated)
+    usage = state.set_usage(usage, counted)
     cost = _cost(target, usage)
     if text_log is not None:  # LOG_PROMPTS=true, and only on debug lines
         log.debug("completion_text", completion_text="".join(text_log))

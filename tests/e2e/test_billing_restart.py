@@ -7,6 +7,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis as sync_redis
@@ -30,7 +31,9 @@ def seed_users(stack: Stack) -> list[str]:
     users = [f"usr_{uuid.uuid4().hex[:24]}" for _ in range(USERS)]
     for user_id in users:
         stack.query("INSERT INTO users (id, name) VALUES ($1, 'restart')", user_id)
-        stack.query("INSERT INTO wallets (user_id, balance_nusd) VALUES ($1, $2)", user_id, START_NUSD)
+        stack.query(
+            "INSERT INTO wallets (user_id, balance_nusd) VALUES ($1, $2)", user_id, START_NUSD
+        )
         stack.query(
             "INSERT INTO ledger_transactions (user_id, kind, amount_nusd, balance_after_nusd, "
             "idempotency_key, reason) VALUES ($1, 'credit', $2, $2, $3, 'seed')",
@@ -76,7 +79,8 @@ def test_killed_mid_batch_then_restarted_settles_each_event_once(billing_only: S
         stack.start_service("billing")
         stack.wait_until(lambda: count(stack) == EVENTS, 90, "billing to settle everything")
         time.sleep(0.5)  # anything settled twice would show up now
-        pending = redis.xpending(keys.EVENTS_STREAM, keys.EVENTS_GROUP)["pending"]
+        summary: Any = redis.xpending(keys.EVENTS_STREAM, keys.EVENTS_GROUP)
+        pending = summary["pending"]
     finally:
         redis.close()
 
@@ -93,6 +97,8 @@ def test_killed_mid_batch_then_restarted_settles_each_event_once(billing_only: S
         "SELECT w.user_id, w.balance_nusd, SUM(l.amount_nusd) AS total FROM wallets w "
         "JOIN ledger_transactions l ON l.user_id = w.user_id GROUP BY w.user_id, w.balance_nusd"
     )
-    assert {r["user_id"]: r["balance_nusd"] for r in rows} == {u: START_NUSD - spent[u] for u in users}
+    assert {r["user_id"]: r["balance_nusd"] for r in rows} == {
+        u: START_NUSD - spent[u] for u in users
+    }
     assert all(r["balance_nusd"] == r["total"] for r in rows)
     assert pending == 0

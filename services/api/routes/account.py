@@ -1,10 +1,10 @@
 """What users see of their own account, with their API key.
 
-    GET /v1/wallet?limit=                balance, held by requests in flight, available,
-                                         and the latest ledger rows
-    GET /v1/usage?from=&to=&group_by=model,day&limit=&cursor=
-                                         totals and a summary for the range, plus the
-                                         requests themselves, newest first (paged)
+GET /v1/wallet?limit=                balance, held by requests in flight, available,
+                                     and the latest ledger rows
+GET /v1/usage?from=&to=&group_by=model,day&limit=&cursor=
+                                     totals and a summary for the range, plus the
+                                     requests themselves, newest first (paged)
 """
 
 from __future__ import annotations

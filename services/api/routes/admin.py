@@ -118,18 +118,23 @@ def _key_options(body: dict[str, Any]) -> dict[str, Any]:
     if days is not None:
         if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_EXPIRES_DAYS:
             raise InvalidRequest(
-                f"'expires_days' must be an integer from 1 to {MAX_EXPIRES_DAYS}.", param="expires_days"
+                f"'expires_days' must be an integer from 1 to {MAX_EXPIRES_DAYS}.",
+                param="expires_days",
             )
         options["expires_at"] = datetime.now(UTC) + timedelta(days=days)
     models = body.get("allowed_models")
     if models is not None:
         if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
-            raise InvalidRequest("'allowed_models' must be a list of model ids.", param="allowed_models")
+            raise InvalidRequest(
+                "'allowed_models' must be a list of model ids.", param="allowed_models"
+            )
         options["allowed_models"] = models
     rpm = body.get("rate_limit_rpm")
     if rpm is not None:
         if isinstance(rpm, bool) or not isinstance(rpm, int) or rpm < 1:
-            raise InvalidRequest("'rate_limit_rpm' must be a positive integer.", param="rate_limit_rpm")
+            raise InvalidRequest(
+                "'rate_limit_rpm' must be a positive integer.", param="rate_limit_rpm"
+            )
         options["rate_limit_rpm"] = rpm
     if body.get("monthly_spend_limit") is not None:
         options["monthly_spend_limit_nusd"] = params.amount_nusd(

@@ -23,9 +23,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -326,9 +326,9 @@ async def debit_many(session: AsyncSession, debits: Sequence[Debit]) -> int:
             }
         )
     touched = {d.user_id for d in debits}
-    table = Wallet.__table__
+    table = cast(Table, Wallet.__table__)
     await session.execute(
-        table.update()
+        update(table)
         .where(table.c.user_id == bindparam("uid"))
         .values(balance_nusd=bindparam("balance"), updated_at=func.now()),
         [{"uid": uid, "balance": balances[uid]} for uid in sorted(touched)],

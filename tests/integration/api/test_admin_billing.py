@@ -8,7 +8,7 @@ import io
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import pytest_asyncio
@@ -35,9 +35,9 @@ Client = TestClient[Any, Any]
 
 
 def settings(tmp_path: Path, **changes: Any) -> Settings:
-    return Settings(var_dir=tmp_path / "var", admin_token=ADMIN_TOKEN, demo_mode=True).with_overrides(
-        **changes
-    )
+    return Settings(
+        var_dir=tmp_path / "var", admin_token=ADMIN_TOKEN, demo_mode=True
+    ).with_overrides(**changes)
 
 
 @pytest_asyncio.fixture
@@ -50,7 +50,9 @@ async def api(
 
 
 async def new_user(api: Client, credit: str | None = None) -> tuple[str, str]:
-    resp = await api.post("/admin/users", json={"email": "u@example.com", "name": "U"}, headers=ADMIN)
+    resp = await api.post(
+        "/admin/users", json={"email": "u@example.com", "name": "U"}, headers=ADMIN
+    )
     assert resp.status == 201
     user_id = (await resp.json())["id"]
     resp = await api.post(f"/admin/users/{user_id}/keys", json={"name": "k"}, headers=ADMIN)
@@ -74,7 +76,7 @@ async def counts(sessions: async_sessionmaker[AsyncSession]) -> tuple[int, int]:
 
 
 class TestGuard:
-    ROUTES = [
+    ROUTES = (
         ("POST", "/admin/users"),
         ("GET", "/admin/users"),
         ("GET", "/admin/users/usr_x/wallet"),
@@ -83,7 +85,7 @@ class TestGuard:
         ("GET", "/admin/usage/summary"),
         ("GET", "/admin/usage/export.csv"),
         ("POST", "/admin/keys/key_x/revoke"),
-    ]
+    )
 
     async def test_refused_without_or_with_a_wrong_token(self, api: Client) -> None:
         for method, path in self.ROUTES:
@@ -93,7 +95,11 @@ class TestGuard:
                 validate_openai("ErrorResponse", await resp.json())
 
     async def test_refused_when_admin_is_disabled(
-        self, tmp_path: Path, redis: Redis, redis_url: str, sessions: async_sessionmaker[AsyncSession]
+        self,
+        tmp_path: Path,
+        redis: Redis,
+        redis_url: str,
+        sessions: async_sessionmaker[AsyncSession],
     ) -> None:
         app = create_app(
             settings(tmp_path, admin_token=""), redis_url=redis_url, redis=redis, sessions=sessions
@@ -127,7 +133,12 @@ class TestUsersAndKeys:
 
     async def test_bad_key_options_are_400(self, api: Client) -> None:
         user_id, _ = await new_user(api)
-        for body in ({"expires_days": 0}, {"rate_limit_rpm": "x"}, {"allowed_models": "gpt"}, {"name": 5}):
+        for body in (
+            {"expires_days": 0},
+            {"rate_limit_rpm": "x"},
+            {"allowed_models": "gpt"},
+            {"name": 5},
+        ):
             resp = await api.post(f"/admin/users/{user_id}/keys", json=body, headers=ADMIN)
             assert resp.status == 400, body
 
@@ -140,18 +151,44 @@ class TestWallet:
         base = f"/admin/users/{user_id}/wallet"
         await redis.set(keys.balance(user_id), 0)  # a cached balance, as admission keeps it
 
-        first = await api.post(f"{base}/credit", json={"amount": "10.000000001", "idempotency_key": "c1"}, headers=ADMIN)
+        first = await api.post(
+            f"{base}/credit",
+            json={"amount": "10.000000001", "idempotency_key": "c1"},
+            headers=ADMIN,
+        )
         assert first.status == 201
         assert (await first.json())["transaction"]["amount_nusd"] == 10_000_000_001
         assert await redis.get(keys.balance(user_id)) is None  # invalidated at once
-        again = await api.post(f"{base}/credit", json={"amount": "10.000000001"}, headers={**ADMIN, "Idempotency-Key": "c1"})
+        again = await api.post(
+            f"{base}/credit",
+            json={"amount": "10.000000001"},
+            headers={**ADMIN, "Idempotency-Key": "c1"},
+        )
         assert again.status == 200 and (await again.json())["created"] is False
-        clash = await api.post(f"{base}/credit", json={"amount": "5", "idempotency_key": "c1"}, headers=ADMIN)
-        assert clash.status == 409 and (await clash.json())["error"]["code"] == "idempotency_key_reused"
+        clash = await api.post(
+            f"{base}/credit", json={"amount": "5", "idempotency_key": "c1"}, headers=ADMIN
+        )
+        assert (
+            clash.status == 409
+            and (await clash.json())["error"]["code"] == "idempotency_key_reused"
+        )
 
-        adj = await api.post(f"{base}/adjustment", json={"amount": "-0.5", "idempotency_key": "a1", "reason": "goodwill error"}, headers=ADMIN)
+        adj = await api.post(
+            f"{base}/adjustment",
+            json={"amount": "-0.5", "idempotency_key": "a1", "reason": "goodwill error"},
+            headers=ADMIN,
+        )
         assert adj.status == 201
-        ref = await api.post(f"{base}/refund", json={"amount_nusd": 250, "idempotency_key": "r1", "reason": "bad answer", "request_id": "req_1"}, headers=ADMIN)
+        ref = await api.post(
+            f"{base}/refund",
+            json={
+                "amount_nusd": 250,
+                "idempotency_key": "r1",
+                "reason": "bad answer",
+                "request_id": "req_1",
+            },
+            headers=ADMIN,
+        )
         assert ref.status == 201 and (await ref.json())["transaction"]["request_id"] == "req_1"
 
         wallet = await (await api.get(base, headers=ADMIN)).json()
@@ -182,13 +219,19 @@ class TestWallet:
             validate_openai("ErrorResponse", await resp.json())
         resp = await api.post(f"{base}/credit", data=b"{not json", headers=ADMIN)
         assert resp.status == 400
-        resp = await api.post("/admin/users/usr_nobody/wallet/credit", json={"amount": "1", "idempotency_key": "y"}, headers=ADMIN)
+        resp = await api.post(
+            "/admin/users/usr_nobody/wallet/credit",
+            json={"amount": "1", "idempotency_key": "y"},
+            headers=ADMIN,
+        )
         assert resp.status == 404
         assert await counts(sessions) == before
 
 
 class TestTransactionsAndUsage:
-    async def _seed(self, api: Client, sessions: async_sessionmaker[AsyncSession]) -> tuple[str, str, list[Any]]:
+    async def _seed(
+        self, api: Client, sessions: async_sessionmaker[AsyncSession]
+    ) -> tuple[str, str, list[Any]]:
         user_id, key = await new_user(api, credit="1")
         events = [completion_event(user_id, cost_nusd=1000 * (i + 1)) for i in range(5)]
         async with sessions.begin() as s:
@@ -208,12 +251,20 @@ class TestTransactionsAndUsage:
             url = f"/admin/transactions?user_id={user_id}&limit=2&cursor={cursor}" if cursor else ""
         assert len(seen) == 6 and len({t["id"] for t in seen}) == 6
         assert [t["id"] for t in seen] == sorted((t["id"] for t in seen), reverse=True)
-        debits = await (await api.get(f"/admin/transactions?user_id={user_id}&kind=debit", headers=ADMIN)).json()
+        debits = await (
+            await api.get(f"/admin/transactions?user_id={user_id}&kind=debit", headers=ADMIN)
+        ).json()
         assert sorted(-t["amount_nusd"] for t in debits["data"]) == [e.cost_nusd for e in events]
         tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
         future = await (await api.get(f"/admin/transactions?from={tomorrow}", headers=ADMIN)).json()
         assert future["data"] == [] and future["next_cursor"] is None
-        for bad in ("kind=loan", "from=yesterday", "limit=0", "cursor=abc", "from=2025-02-01&to=2025-01-01"):
+        for bad in (
+            "kind=loan",
+            "from=yesterday",
+            "limit=0",
+            "cursor=abc",
+            "from=2025-02-01&to=2025-01-01",
+        ):
             assert (await api.get(f"/admin/transactions?{bad}", headers=ADMIN)).status == 400, bad
 
     async def test_usage_summary_csv_and_the_users_own_view(
@@ -225,7 +276,9 @@ class TestTransactionsAndUsage:
             f"/admin/usage/summary?group_by=user,model,provider,day&user_id={user_id}", headers=ADMIN
         )).json()  # fmt: skip
         [row] = summary["data"]
-        assert row["user"] == user_id and row["model"] == "gpt-4o-mini" and row["provider"] == "openai"
+        assert (
+            row["user"] == user_id and row["model"] == "gpt-4o-mini" and row["provider"] == "openai"
+        )
         assert row["day"] == datetime.now(UTC).date().isoformat()
         assert row["requests"] == 5 and row["cost_nusd"] == total and row["prompt_tokens"] == 500
         assert (await api.get("/admin/usage/summary?group_by=planet", headers=ADMIN)).status == 400
@@ -249,7 +302,7 @@ class TestTransactionsAndUsage:
 
 
 class TestEstimate:
-    BODY = {
+    BODY: ClassVar[dict[str, Any]] = {
         "model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": "How much would this cost?"}],
         "max_tokens": 100,
@@ -283,9 +336,13 @@ class TestEstimate:
         _, key = await new_user(api)
         mine = {"Authorization": f"Bearer {key}"}
         assert (await api.post("/v1/chat/estimate", json=self.BODY)).status == 401
-        bad = await api.post("/v1/chat/estimate", json={**self.BODY, "temperature": 9}, headers=mine)
+        bad = await api.post(
+            "/v1/chat/estimate", json={**self.BODY, "temperature": 9}, headers=mine
+        )
         assert bad.status == 400 and (await bad.json())["error"]["param"] == "temperature"
-        missing = await api.post("/v1/chat/estimate", json={**self.BODY, "model": "nope"}, headers=mine)
+        missing = await api.post(
+            "/v1/chat/estimate", json={**self.BODY, "model": "nope"}, headers=mine
+        )
         assert missing.status == 404
         poor = await (await api.post("/v1/chat/estimate", json=self.BODY, headers=mine)).json()
         assert poor["covers_max_cost"] is False and poor["would_admit"] is False
@@ -296,13 +353,19 @@ def test_amounts_render_exactly(amount: str) -> None:
     from services.api.admin_params import amount_nusd
     from shared.money import format_usd
 
-    assert format_usd(amount_nusd({"amount": amount})).rstrip("0").rstrip(".") == amount.rstrip("0").rstrip(".")
+    assert format_usd(amount_nusd({"amount": amount})).rstrip("0").rstrip(".") == amount.rstrip(
+        "0"
+    ).rstrip(".")
     assert ledger.LedgerKind("refund") is ledger.LedgerKind.REFUND
 
 
 class TestMinimalFund:
     async def test_below_the_minimal_fund_is_402_and_changes_nothing(
-        self, tmp_path: Path, redis: Redis, redis_url: str, sessions: async_sessionmaker[AsyncSession]
+        self,
+        tmp_path: Path,
+        redis: Redis,
+        redis_url: str,
+        sessions: async_sessionmaker[AsyncSession],
     ) -> None:
         strict = settings(tmp_path, minimal_fund_nusd=5 * 10**7)  # MINIMAL_FUND=0.05
         app = create_app(strict, redis_url=redis_url, redis=redis, sessions=sessions)
@@ -317,12 +380,16 @@ class TestMinimalFund:
             assert await redis.exists(keys.JOBS_STREAM) == 0  # nothing queued
             assert await redis.hlen(keys.holds(user_id)) == 0  # type: ignore[misc]
 
-            estimate = await (await client.post("/v1/chat/estimate", json=body, headers=mine)).json()
+            estimate = await (
+                await client.post("/v1/chat/estimate", json=body, headers=mine)
+            ).json()
             assert estimate["covers_max_cost"] is True and estimate["would_admit"] is False
             await client.post(
                 f"/admin/users/{user_id}/wallet/credit",
                 json={"amount": "0.001", "idempotency_key": "top-up"},
                 headers=ADMIN,
             )
-            estimate = await (await client.post("/v1/chat/estimate", json=body, headers=mine)).json()
+            estimate = await (
+                await client.post("/v1/chat/estimate", json=body, headers=mine)
+            ).json()
             assert estimate["would_admit"] is True

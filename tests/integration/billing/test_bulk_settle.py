@@ -67,7 +67,11 @@ async def test_batch_settles_each_event_once_with_an_exact_balance_chain(
             running += row.amount_nusd
             assert row.balance_after_nusd == running
         async with any_sessions() as s:
-            assert await ledger.get_balance(s, user_id) == running == await ledger.ledger_sum(s, user_id)
+            assert (
+                await ledger.get_balance(s, user_id)
+                == running
+                == await ledger.ledger_sum(s, user_id)
+            )
     async with any_sessions() as s:
         usage_ids = set((await s.scalars(select(UsageRecord.request_id))).all())
     assert usage_ids == {e.request_id for e in events}
@@ -81,11 +85,15 @@ async def test_a_conflicting_batch_falls_back_to_one_by_one(
     # A debit under one request's key already exists without its usage row (written by
     # hand, say): the batch INSERT fails on the unique key, and one by one recognises it.
     async with sessions.begin() as s:
-        await ledger.debit(s, user_id, events[2].cost_nusd, request_id=events[2].request_id, reason="x")
+        await ledger.debit(
+            s, user_id, events[2].cost_nusd, request_id=events[2].request_id, reason="x"
+        )
     for event in events:
         await place_hold(redis, event)
         await publish(redis, event)
-    consumer = BillingConsumer(redis, sessions, Funds(redis), consumer_name="bulk-test", block_ms=20)
+    consumer = BillingConsumer(
+        redis, sessions, Funds(redis), consumer_name="bulk-test", block_ms=20
+    )
 
     assert await consumer.drain_once() == 6
 
@@ -95,3 +103,27 @@ async def test_a_conflicting_batch_falls_back_to_one_by_one(
         assert await ledger.get_balance(s, user_id) == 10**9 - sum(e.cost_nusd for e in events)
     assert await holds_left(redis, user_id) == 0
     assert int((await redis.xpending(keys.EVENTS_STREAM, keys.EVENTS_GROUP))["pending"]) == 0
+
+
+async def test_failed_and_timed_out_requests_release_their_holds_and_cost_nothing(
+    redis: Redis, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    from shared.messages import Outcome
+
+    user_id = await funded_user(sessions, 10**9)
+    failed = [completion_event(user_id, cost_nusd=0, outcome=Outcome.ERROR) for _ in range(3)]
+    for event in failed:
+        await place_hold(redis, event)
+        await publish(redis, event)
+    assert int(await redis.get(keys.held_total(user_id))) == 3 * failed[0].hold_nusd
+    consumer = BillingConsumer(redis, sessions, Funds(redis), consumer_name="err-test")
+    assert await consumer.drain_once() == 3
+    assert await holds_left(redis, user_id) == 0
+    assert int(await redis.get(keys.held_total(user_id)) or 0) == 0
+    rows = await _ledger(sessions, user_id)
+    assert [r.kind for r in rows] == ["credit"]  # no debit
+    async with sessions() as s:
+        statuses = (
+            await s.scalars(select(UsageRecord.status).where(UsageRecord.user_id == user_id))
+        ).all()
+    assert statuses == ["error"] * 3

@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
-import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -27,7 +26,7 @@ from services.billing.jobs import (
 )
 from services.billing.reconcile import reconcile
 from services.billing.stale_holds import expire_stale_holds
-from shared.db.models import UsageRecord, Wallet
+from shared.db.models import Wallet
 from shared.db.repositories import ledger, usage
 from shared.redis import keys
 from shared.redis.funds import Funds
@@ -68,7 +67,9 @@ async def test_finds_each_planted_inconsistency(
     # 1. A wallet balance edited by hand.
     async with sessions.begin() as s:
         await s.execute(
-            update(Wallet).where(Wallet.user_id == user_id).values(balance_nusd=Wallet.balance_nusd + 7)
+            update(Wallet)
+            .where(Wallet.user_id == user_id)
+            .values(balance_nusd=Wallet.balance_nusd + 7)
         )
     # 2. A hold whose request was settled (its release got lost), and an expired one.
     settled = completion_event(user_id, cost_nusd=900)
@@ -95,7 +96,9 @@ async def test_finds_each_planted_inconsistency(
     report = await reconcile(sessions, redis, at_ms=later_ms)
 
     assert [(d.user_id, d.drift_nusd) for d in report.wallet_drift] == [(user_id, 7)]
-    assert [(e.request_id, e.state) for e in report.unsettled_events] == [(lost.request_id, "undelivered")]
+    assert [(e.request_id, e.state) for e in report.unsettled_events] == [
+        (lost.request_id, "undelivered")
+    ]
     assert report.unsettled_events[0].age_ms > 300_000
     assert [h.request_id for h in report.holds_released] == [settled.request_id]
     assert [h.request_id for h in report.holds_expired] == [expired.request_id]
@@ -127,12 +130,16 @@ async def test_pending_event_past_the_threshold_is_unsettled(
     assert (await reconcile(sessions, redis, stuck_after_ms=60_000)).problems == 0  # young
     later = int(time.time() * 1000) + 120_000
     report = await reconcile(sessions, redis, stuck_after_ms=60_000, at_ms=later)
-    assert [(e.request_id, e.state) for e in report.unsettled_events] == [(event.request_id, "pending")]
+    assert [(e.request_id, e.state) for e in report.unsettled_events] == [
+        (event.request_id, "pending")
+    ]
 
 
 async def test_stale_holds_expire_and_the_total_is_recomputed(redis: Redis) -> None:
     now_ms = int(time.time() * 1000)
-    await redis.hset(keys.holds("usr_a"), mapping={"r1": f"100:{now_ms - 1}", "r2": f"50:{now_ms + 60_000}"})  # type: ignore[misc]
+    await redis.hset(
+        keys.holds("usr_a"), mapping={"r1": f"100:{now_ms - 1}", "r2": f"50:{now_ms + 60_000}"}
+    )  # type: ignore[misc]
     await redis.set(keys.held_total("usr_a"), 999)
     await redis.set(keys.held_total("usr_b"), 30)  # a total with no holds at all
     await redis.set(keys.balance("usr_a"), 10_000)

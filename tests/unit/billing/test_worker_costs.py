@@ -44,13 +44,29 @@ REPORTED = {
 
 def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
     choice = {"index": 0, "delta": delta, "finish_reason": finish}
-    body = {"id": "up", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]}
+    body = {
+        "id": "up",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [choice],
+    }
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
 async def upstream_app_handler(request: web.Request) -> web.StreamResponse:
     """Answers without usage when the prompt asks for it, else with REPORTED usage."""
     body = await request.json()
+    if "fail please" in str(body["messages"]):
+        error = {
+            "error": {
+                "message": "bad",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+        }
+        return web.json_response(error, status=400)
     with_usage = "no usage" not in str(body["messages"])
     delay_s = 0.05 if "slowly" in str(body["messages"]) else 0.0
     if not body.get("stream"):
@@ -69,7 +85,14 @@ async def upstream_app_handler(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(delay_s)
     await resp.write(_chunk({}, "stop"))
     if with_usage:
-        usage = {"id": "up", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [], "usage": REPORTED}
+        usage = {
+            "id": "up",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [],
+            "usage": REPORTED,
+        }
         await resp.write(b"data: " + orjson.dumps(usage) + b"\n\n")
     await resp.write(b"data: [DONE]\n\n")
     return resp
@@ -114,7 +137,11 @@ async def deps(upstream_server: TestServer, fake_redis: FakeRedis) -> AsyncItera
 
 def job(content: str, *, stream: bool) -> Job:
     now = int(time.time() * 1000)
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], "stream": stream}
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": content}],
+        "stream": stream,
+    }
     if stream:
         body["stream_options"] = {"include_usage": True}
     return Job(
@@ -124,7 +151,9 @@ def job(content: str, *, stream: bool) -> Job:
     )  # fmt: skip
 
 
-async def run(deps: WorkerDeps, the_job: Job, *, cancel_after_frames: int | None = None) -> tuple[Any, list[ReplyFrame]]:
+async def run(
+    deps: WorkerDeps, the_job: Job, *, cancel_after_frames: int | None = None
+) -> tuple[Any, list[ReplyFrame]]:
     """execute() with an api process listening on the reply channel."""
     pubsub = deps.redis.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(keys.reply_channel("proc"))
@@ -144,13 +173,17 @@ async def run(deps: WorkerDeps, the_job: Job, *, cancel_after_frames: int | None
     finally:
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
     return event, frames
 
 
 def nusd(prompt: int, cached: int, completion: int) -> int:
     """The catalog prices above, computed independently: USD per Mtok -> nUSD."""
-    total = (Decimal("0.15") * (prompt - cached) + Decimal("0.075") * cached + Decimal("0.60") * completion) * 1000
+    total = (
+        Decimal("0.15") * (prompt - cached)
+        + Decimal("0.075") * cached
+        + Decimal("0.60") * completion
+    ) * 1000
     assert total == total.to_integral_value()
     return int(total)
 
@@ -179,7 +212,7 @@ async def test_stream_with_usage_carries_cost_in_the_usage_chunk(deps: WorkerDep
     event, frames = await run(deps, job("hello", stream=True))
     done = frames[-1]
     assert done.kind is FrameKind.DONE
-    usage_chunk = [line for line in done.payload.split(b"\n\n") if b'"usage":{' in line][0]
+    usage_chunk = next(line for line in done.payload.split(b"\n\n") if b'"usage":{' in line)
     assert b'"cost":' + format_usd_compact(event.cost_nusd).encode() + b"}" in usage_chunk
     assert event.cost_nusd == nusd(1000, 200, 500)
 
@@ -194,7 +227,8 @@ async def test_stream_without_usage_is_counted_and_marked_estimated(deps: Worker
     assert event.cost_nusd == nusd(prompt, 0, completion)
     done = frames[-1]
     assert done.meta["usage_estimated"] is True
-    usage = orjson.loads([c for c in done.payload.split(b"\n\n") if b'"usage":{' in c][0][6:])["usage"]
+    usage_chunk = next(c for c in done.payload.split(b"\n\n") if b'"usage":{' in c)
+    usage = orjson.loads(usage_chunk.removeprefix(b"data: "))["usage"]
     assert usage["completion_tokens"] == completion
 
 
@@ -217,3 +251,10 @@ async def test_cancelled_stream_bills_what_was_generated(deps: WorkerDeps) -> No
     # At least what reached the client, at most a few chunks more (in flight at the cancel).
     assert event.usage.completion_tokens >= tokens(delivered)
     assert event.cost_nusd == nusd(event.usage.prompt_tokens, 0, event.usage.completion_tokens) > 0
+
+
+async def test_a_failed_request_costs_nothing(deps: WorkerDeps) -> None:
+    for stream in (False, True):
+        event, frames = await run(deps, job("fail please", stream=stream))
+        assert event.outcome is Outcome.ERROR and event.cost_nusd == 0
+        assert frames[-1].kind is FrameKind.ERROR

@@ -13,19 +13,25 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.billing.settle import settle_batch
 from shared.redis import keys
 from tests.integration.billing.events import completion_event
-from tests.unit.cli.test_cli import db, env, run, sync_redis  # noqa: F401 - fixtures
+from tests.unit.cli import test_cli as base
+
+run = base.run
+# The CLI tests' fixtures: a clean environment, a migrated SQLite database, real Redis.
+env, db, sync_redis = base.env, base.db, base.sync_redis
 
 
 def user_with_usage(
     capsys: pytest.CaptureFixture[str], sqlite_sessions: async_sessionmaker[AsyncSession]
 ) -> str:
-    code, out, _ = run(capsys, "users", "create", "--name", "ops")
+    _code, out, _ = run(capsys, "users", "create", "--name", "ops")
     user_id = out.strip()
     assert run(capsys, "wallet", "credit", "--user", user_id, "--amount", "2")[0] == 0
 
     async def settle() -> None:
         async with sqlite_sessions.begin() as s:
-            await settle_batch(s, [completion_event(user_id, cost_nusd=1000 * (i + 1)) for i in range(3)])
+            await settle_batch(
+                s, [completion_event(user_id, cost_nusd=1000 * (i + 1)) for i in range(3)]
+            )
 
     asyncio.run(settle())
     return user_id
@@ -84,7 +90,9 @@ def test_reconcile_exit_codes(
     import sqlite3
 
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE wallets SET balance_nusd = balance_nusd + 1 WHERE user_id = ?", (user_id,))
+        conn.execute(
+            "UPDATE wallets SET balance_nusd = balance_nusd + 1 WHERE user_id = ?", (user_id,)
+        )
     code, out, _ = run(capsys, "billing", "reconcile")
     assert code == 3 and user_id in out and "drift" in out
 

