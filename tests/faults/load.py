@@ -20,6 +20,8 @@ from typing import Any
 import openai
 
 SLOW_STREAM = "[[fake:chunks=20,chunk_delay_ms=30]]"
+# In every default prompt: the log scan fails if it shows up in any service's log line.
+PROMPT_CANARY = "prompt-canary-q7x"
 FULL_REPLY = "Hello from the gateway's demo provider. Your request made it through the queue, a worker and back."
 
 
@@ -159,7 +161,7 @@ def _error_object(body: object) -> dict[str, Any] | None:
 
 
 def default_prompt(rng: random.Random, index: int, slow_fraction: float) -> str:
-    text = f"load request {index}"
+    text = f"load request {index} {PROMPT_CANARY}"
     if rng.random() < slow_fraction:
         text += " " + SLOW_STREAM
     return text
