@@ -403,6 +403,12 @@ class BillingConsumer:
         )
 
 
+def _log_jobs_end(task: asyncio.Task[None]) -> None:
+    # The arq worker runs beside the consumer; if it dies, say so rather than go quiet.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("billing_jobs_crashed", error=repr(task.exception()))
+
+
 async def run_billing(
     settings: Settings,
     redis_url: str,
@@ -440,6 +446,7 @@ async def run_billing(
         reconcile_every_min=reconcile_every_min,
     )
     jobs_task = asyncio.create_task(jobs.async_run())
+    jobs_task.add_done_callback(_log_jobs_end)
     metrics = BillingMetrics(CollectorRegistry(), redis, dead_letter_stream=DEAD_LETTER_STREAM)
     metrics_server = await metrics.serve(host=settings.host, port=settings.billing_metrics_port)
     try:

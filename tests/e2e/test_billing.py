@@ -132,6 +132,7 @@ class TestOverdraft:
         assert served, results
         assert refused and all(r == (402, "insufficient_quota") for r in refused), refused
         assert len(served) <= 10
+        print(f"\nburst of 50 against a wallet for 10: {len(served)} served, {len(refused)} refused")
         # usage.cost is in every answer, exactly the debit's amount.
         for _, usage in served:
             assert usd_to_nusd(Decimal(str(usage.model_extra["cost"]))) == cost
