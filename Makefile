@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test venv migrate up lint clean
+.PHONY: run test venv migrate up lint clean bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ run: $(STAMP)
 ## Unit, integration and end-to-end tests (needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## Benchmark scenarios S1-S7 against the performance budgets (not part of `make test`):
+## a fresh PostgreSQL database on 127.0.0.1:5432, the bundled Redis, a Node fake upstream.
+## Writes bench-results/<timestamp>.json and .md. BENCH_ARGS="--scale 0.3 --only S1,S3" etc.
+bench: $(STAMP)
+	@command -v node >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 migrate: $(STAMP)
 	$(BIN)/gateway migrate

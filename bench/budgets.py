@@ -1,0 +1,120 @@
+"""The performance budgets of issue 8, checked against one run's results.
+
+These are benchmark verdicts, printed and recorded; they never fail a test suite. Each
+compares the gateway with the direct run of the same invocation where the budget is a
+difference, so a noisy machine moves both sides together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    scenario: str
+    budget: str
+    measured: str
+    passed: bool | None  # None: not measured in this run
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _get(results: dict[str, Any], *path: str) -> Any:
+    node: Any = results
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def check(results: dict[str, Any]) -> list[Verdict]:
+    verdicts: list[Verdict] = []
+
+    def add(
+        scenario: str, budget: str, value: Any, ok: Any, fmt: str | Callable[[Any], str]
+    ) -> None:
+        if value is None:
+            verdicts.append(Verdict(scenario, budget, "not measured", None))
+            return
+        shown = fmt(value) if callable(fmt) else fmt.format(value)
+        verdicts.append(Verdict(scenario, budget, shown, bool(ok(value))))
+
+    add(
+        "S1",
+        "≥ 1,500 req/s through the gateway",
+        _get(results, "S1", "gateway", "rps"),
+        lambda v: v >= 1500,
+        "{:,.0f} req/s",
+    )
+    add(
+        "S1", "zero errors", _get(results, "S1", "gateway", "errors"), lambda v: v == 0, "{} errors"
+    )
+    add(
+        "S2",
+        "added p50 ≤ 1 ms at 100 req/s",
+        _get(results, "S2", "100rps", "added_ms", "p50"),
+        lambda v: v <= 1.0,
+        "{:+.2f} ms",
+    )
+    add(
+        "S2",
+        "added p99 ≤ 5 ms at 100 req/s",
+        _get(results, "S2", "100rps", "added_ms", "p99"),
+        lambda v: v <= 5.0,
+        "{:+.2f} ms",
+    )
+    add(
+        "S3",
+        "added TTFT p50 ≤ 3 ms",
+        _get(results, "S3", "added_ttft_ms", "p50"),
+        lambda v: v <= 3.0,
+        "{:+.2f} ms",
+    )
+    add(
+        "S3",
+        "added TTFT p99 ≤ 15 ms",
+        _get(results, "S3", "added_ttft_ms", "p99"),
+        lambda v: v <= 15.0,
+        "{:+.2f} ms",
+    )
+    s3 = _get(results, "S3", "gateway")
+    fidelity = None if s3 is None else (s3["faithful"], s3["streams"], s3["errors"])
+    add(
+        "S3",
+        "100% chunk fidelity",
+        fidelity,
+        lambda v: v[1] > 0 and v[0] == v[1] and v[2] == 0,
+        "{0[0]}/{0[1]} streams complete and in order",
+    )
+    rss = _get(results, "S4", "rss_after_s1_s3")
+    total = None if rss is None else sum(rss.get(n, 0) for n in ("api", "worker", "billing"))
+    add(
+        "S4",
+        "api + worker + billing < 250 MB RSS after S1–S3",
+        total,
+        lambda v: v < 250 * MB,
+        lambda v: f"{v / MB:.0f} MB",
+    )
+    hold = _get(results, "S4", "gateway")
+    held = (
+        None
+        if hold is None
+        else (hold["faithful"], hold["connections"], hold["errors"], hold["max_open"])
+    )
+    add(
+        "S4",
+        "1,000 open streams held by one api process, no errors",
+        held,
+        lambda v: v[0] == v[1] and v[2] == 0 and v[3] >= v[1],
+        "{0[0]}/{0[1]} streams complete, {0[2]} errors, {0[3]} open at once",
+    )
+    loss = _get(results, "S7", "good_loss")
+    add("S7", "good traffic loses < 10% of its S1 rate", loss, lambda v: v < 0.10, "{:.1%} lost")
+    return verdicts

@@ -1,0 +1,386 @@
+"""Results on disk: bench-results/<timestamp>.json (everything) and .md (the tables)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.budgets import MB, Verdict
+
+CPU_NOTE = (
+    "Per request answered (warm-up included). gateway_total = api + worker + billing + redis, "
+    "the processes pinned to the gateway's CPU; 1e6 / gateway_total is the rate one whole core "
+    "could sustain; (sys) is the kernel's share (syscalls, loopback TCP). postgres counts this "
+    "run's database backends (not pinned). 'ours / busy': the share of the gateway's CPU our "
+    "processes used / the share anything used (the machine may be shared). A driver CPU near "
+    "100% with a low gateway share would mean the load generator limited the run."
+)
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    try:
+        node = subprocess.run(
+            ["node", "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        node = "missing"
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1),
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "node": node,
+    }
+
+
+def git_revision(repo: Path) -> str:
+    """The commit benchmarked; an exported tree (git archive) may name it in a REVISION file."""
+    label = repo / "REVISION"
+    if label.is_file():
+        return label.read_text().strip()
+    done = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    rev = done.stdout.strip() or "unknown"
+    return rev + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _ms(value: Any) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _delta(value: Any) -> str:
+    return "–" if value is None else f"{value:+.2f}"
+
+
+def _row(cells: Iterable[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = [_row(header), _row("---" for _ in header)]
+    lines.extend(_row(r) for r in rows)
+    return lines
+
+
+def _cpu_cell(per_request: dict[str, float], name: str) -> str:
+    total = per_request.get(name, 0)
+    kernel = per_request.get(f"{name}_sys")
+    if kernel is None or not total:
+        return f"{total:,.0f}"
+    return f"{total:,.0f} ({kernel / total:.0%} sys)"
+
+
+def _pct(stats: dict[str, Any] | None, q: str) -> Any:
+    return None if not stats else stats.get(q)
+
+
+def markdown(run: dict[str, Any], verdicts: list[Verdict]) -> str:
+    r = run["results"]
+    m = run["machine"]
+    lines = [
+        f"# Gateway benchmark — {run['started_at']}",
+        "",
+        (
+            f"Machine: {m['cpus']} × {m['cpu']}, {m['memory_gib']} GiB, Linux {m['kernel']}, "
+            f"Python {m['python']}, Node {m['node']}. Revision {run['revision']}."
+        ),
+        (
+            f"Stack: {run['stack']['database']}; Redis: {run['stack']['redis']}; "
+            f"{run['stack']['pinning']}. Scale {run['scale']}."
+        ),
+        "",
+        "## Budgets",
+        "",
+    ]
+    lines += _table(
+        ["Scenario", "Budget", "Measured", "Result"],
+        (
+            [
+                v.scenario,
+                v.budget,
+                v.measured,
+                "PASS" if v.passed else ("FAIL" if v.passed is False else "n/a"),
+            ]
+            for v in verdicts
+        ),
+    )
+    lines += ["", "## Direct vs through the gateway", ""]
+    rows: list[list[Any]] = []
+    s1 = r.get("S1")
+    if s1:
+        d, g = s1["direct"], s1["gateway"]
+        rows.append(
+            [
+                "S1 closed loop, 64 conns",
+                "req/s",
+                f"{d['rps']:,.0f}",
+                f"{g['rps']:,.0f}",
+                f"× {s1['throughput_ratio']}",
+            ]
+        )
+        for q in ("p50", "p99"):
+            rows.append(
+                [
+                    "S1",
+                    f"latency {q} ms",
+                    _ms(d["latency_ms"].get(q)),
+                    _ms(g["latency_ms"].get(q)),
+                    _delta(s1["added_latency_ms"].get(q)),
+                ]
+            )
+        rows.append(["S1", "errors", d["errors"], g["errors"], ""])
+        total_us = g.get("cpu_us_per_request", {}).get("gateway_total")
+        if total_us:
+            rows.append(
+                [
+                    "S1",
+                    "gateway CPU per request (µs)",
+                    "",
+                    f"{total_us:,.0f}",
+                    f"ceiling {1e6 / total_us:,.0f} req/s on one core",
+                ]
+            )
+    for rate in ("100rps", "20rps"):
+        s2 = (r.get("S2") or {}).get(rate)
+        if s2:
+            for q in ("p50", "p90", "p99"):
+                rows.append(
+                    [
+                        f"S2 open loop {rate[:-3]} req/s",
+                        f"latency {q} ms",
+                        _ms(s2["direct"]["latency_ms"].get(q)),
+                        _ms(s2["gateway"]["latency_ms"].get(q)),
+                        _delta(s2["added_ms"].get(q)),
+                    ]
+                )
+            rows.append(
+                [
+                    f"S2 {rate[:-3]} req/s",
+                    "errors",
+                    s2["direct"]["errors"],
+                    s2["gateway"]["errors"],
+                    "",
+                ]
+            )
+    s3 = r.get("S3")
+    if s3:
+        d, g = s3["direct"], s3["gateway"]
+        for metric, key, added in (
+            ("TTFT", "ttft_ms", "added_ttft_ms"),
+            ("total", "total_ms", "added_total_ms"),
+            ("chunk gap", "gap_ms", "added_gap_ms"),
+        ):
+            for q in ("p50", "p99"):
+                rows.append(
+                    [
+                        "S3 50 streams × 20 chunks",
+                        f"{metric} {q} ms",
+                        _ms(d[key].get(q)),
+                        _ms(g[key].get(q)),
+                        _delta(s3[added].get(q)),
+                    ]
+                )
+        rows.append(
+            [
+                "S3",
+                "chunk fidelity",
+                f"{d['faithful']}/{d['streams']}",
+                f"{g['faithful']}/{g['streams']}",
+                "",
+            ]
+        )
+    s4 = r.get("S4")
+    if s4:
+        d, g = s4["direct"], s4["gateway"]
+        rows.append(
+            [
+                "S4 1,000 open streams",
+                "complete & in order",
+                f"{d['faithful']}/{d['connections']}",
+                f"{g['faithful']}/{g['connections']}",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                "S4",
+                "TTFT p50 / p99 ms",
+                f"{_ms(d['ttft_ms'].get('p50'))} / {_ms(d['ttft_ms'].get('p99'))}",
+                f"{_ms(g['ttft_ms'].get('p50'))} / {_ms(g['ttft_ms'].get('p99'))}",
+                "",
+            ]
+        )
+    for size, s5 in (r.get("S5") or {}).items():
+        for q in ("p50", "p99"):
+            rows.append(
+                [
+                    f"S5 {size}-token prompt ({s5['request_bytes'] // 1024} KiB)",
+                    f"latency {q} ms",
+                    _ms(s5["direct"]["latency_ms"].get(q)),
+                    _ms(s5["gateway"]["latency_ms"].get(q)),
+                    _delta(s5["added_ms"].get(q)),
+                ]
+            )
+    s6 = r.get("S6")
+    if s6:
+        for q in ("p50", "p99"):
+            rows.append(
+                [
+                    "S6 failover (500 then OK), 20 req/s",
+                    f"latency {q} ms",
+                    _ms(s6["direct"]["latency_ms"].get(q)),
+                    _ms(s6["gateway"]["latency_ms"].get(q)),
+                    _delta(s6["added_ms"].get(q)),
+                ]
+            )
+        rows.append(
+            [
+                "S6",
+                "500s from the first provider per request",
+                "",
+                f"{s6['failed_calls_per_request']}",
+                "(a retry there, then the fallback)",
+            ]
+        )
+    s7 = r.get("S7")
+    if s7:
+        d, g = s7["direct"], s7["gateway"]
+        rows.append(
+            [
+                "S7 bad-key flood (10× bad)",
+                "good req/s",
+                f"{d['good']['rps']:,.0f}",
+                f"{g['good']['rps']:,.0f}",
+                f"S1: {s7['s1_gateway_rps']:,.0f}",
+            ]
+        )
+        rows.append(
+            [
+                "S7",
+                "bad req/s (ratio)",
+                f"{d['bad']['rps']:,.0f} ({d['ratio_achieved']}×)",
+                f"{g['bad']['rps']:,.0f} ({g['ratio_achieved']}×)",
+                "",
+            ]
+        )
+        rows.append(["S7", "good errors", d["good"]["errors"], g["good"]["errors"], ""])
+    lines += _table(["Scenario", "Metric", "Direct", "Gateway", "Δ / ratio"], rows)
+
+    if s4:
+        lines += ["", "## Memory (RSS, MB)", ""]
+        services = ("api", "worker", "billing")
+        phases = (
+            ("idle", s4["rss_idle"]),
+            ("after S1–S3", s4["rss_after_s1_s3"]),
+            ("1,000 streams open", s4["rss_all_streams_open"]),
+            ("peak during hold", s4["rss_peak_during_hold"]),
+        )
+        lines += _table(
+            ["Phase", *services, "total"],
+            (
+                [
+                    label,
+                    *(f"{rss.get(s, 0) / MB:.0f}" for s in services),
+                    f"{sum(rss.get(s, 0) for s in services) / MB:.0f}",
+                ]
+                for label, rss in phases
+            ),
+        )
+
+    lines += ["", "## CPU per request (µs), gateway runs", ""]
+    procs = ("api", "worker", "billing", "redis", "postgres", "gateway_total", "fake", "loadgen")
+    gw_cpu, drv_cpu = run["stack"].get("gateway_cpu"), run["stack"].get("driver_cpu")
+    cpu_rows = []
+    for label, res in (
+        ("S1", (s1 or {}).get("gateway")),
+        ("S2 100 req/s", ((r.get("S2") or {}).get("100rps") or {}).get("gateway")),
+        ("S3 (per stream)", (s3 or {}).get("gateway")),
+        ("S6", (s6 or {}).get("gateway")),
+        ("S7 (per good request)", (s7 or {}).get("gateway")),
+    ):
+        if res and "cpu_us_per_request" in res:
+            busy = res.get("cpu_busy_share", {})
+            per = res["cpu_us_per_request"]
+            cpu_rows.append(
+                [
+                    label,
+                    *(_cpu_cell(per, p) for p in procs),
+                    f"{res.get('gateway_share_of_cpu', 0):.0%} / {busy.get(gw_cpu, 0):.0%}"
+                    if gw_cpu
+                    else "–",
+                    f"{busy.get(drv_cpu, 0):.0%}" if drv_cpu else "–",
+                    (res.get("redis_calls_per_request") or {}).get("total", "–"),
+                ]
+            )
+    lines += _table(
+        ["Run", *procs, "gateway CPU: ours / busy", "driver CPU busy", "Redis cmds/req"], cpu_rows
+    )
+    lines += ["", CPU_NOTE]
+    calls = ((s1 or {}).get("gateway") or {}).get("redis_calls_per_request")
+    if calls:
+        listed = ", ".join(f"{name} {n}" for name, n in calls.items() if name != "total")
+        lines += ["", f"Redis commands per S1 request ({calls['total']}): {listed}."]
+    prof = run.get("profile")
+    if prof:
+        lines += ["", "## Profile of S1 (py-spy)", ""]
+        load = prof.get("_load") or {}
+        lines.append(
+            f"Load while profiled: {load.get('rps_while_profiled')} req/s (py-spy running beside it)."
+        )
+        lines.append("")
+        for name, info in prof.items():
+            if name.startswith("_"):
+                continue
+            if "error" in info:
+                lines.append(f"- {name}: {info['error']}")
+                continue
+            lines.append(
+                f"**{name}** ({info['samples']} samples, flame graph `{info['svg']}`), top self time:"
+            )
+            lines.append("")
+            lines += _table(
+                ["%", "function"], ([f"{p:.1f}", f"`{fn}`"] for fn, p in info["top_self"][:12])
+            )
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write(
+    out_dir: Path, stamp: str, run: dict[str, Any], verdicts: list[Verdict]
+) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = {**run, "budgets": [v.as_dict() for v in verdicts]}
+    json_path = out_dir / f"{stamp}.json"
+    md_path = out_dir / f"{stamp}.md"
+    json_path.write_text(json.dumps(run, indent=2, default=str))
+    md_path.write_text(markdown(run, verdicts))
+    return json_path, md_path
+
+
+__all__ = ["MB", "git_revision", "machine", "markdown", "write"]
