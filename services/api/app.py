@@ -25,6 +25,7 @@ from services.api.replies import ReplyHub
 from services.api.routes.chat import chat_completions
 from services.api.routes import account, admin, admin_usage, estimate
 from services.api.routes import admin_stats, dashboard
+from services.api.routes import openapi
 from services.api.routes.health import health
 from services.api.routes.metrics import setup_metrics
 from services.api.routes.models import get_model, list_models
@@ -118,6 +119,7 @@ def create_app(
     app.router.add_get("/v1/chat/health", chat_health)
     admin_stats.add_routes(app.router)
     dashboard.add_routes(app.router)
+    openapi.add_routes(app.router)  # GET /openapi.json
     for routes in (estimate, account, admin, admin_usage):
         routes.add_routes(app.router)
     return app
