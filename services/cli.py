@@ -236,9 +236,9 @@ def _key_secret(settings: Settings) -> bytes:
 
 def _catalog_model_ids(settings: Settings, raw: str) -> list[str]:
     """`--models a,b` as canonical catalog ids; unknown names are an error."""
-    from shared.catalog import catalog_for
+    from shared.catalog import load_catalog
 
-    catalog = catalog_for(settings.catalog_path)
+    catalog = load_catalog(settings.catalog_path)
     ids: list[str] = []
     for name in (n.strip() for n in raw.split(",")):
         if not name:

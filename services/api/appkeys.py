@@ -31,8 +31,8 @@ KEY_EVENTS = web.AppKey("key_events", KeyEventListener)
 RESPONSE_CACHE = web.AppKey("response_cache", ResponseCache)
 
 # Per request: set by the auth step of the chat route, read by logs and admission.
-PRINCIPAL_KEY = "gw_principal"
-REQUEST_ID_KEY = "gw_request_id"
+PRINCIPAL_KEY = web.RequestKey("gw_principal", Principal)
+REQUEST_ID_KEY = web.RequestKey("gw_request_id", str)
 
 __all__ = [
     "ADMISSION", "AUTH", "CATALOG", "PRINCIPAL_KEY", "REDIS", "REPLIES", "REQUEST_ID_KEY",

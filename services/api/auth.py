@@ -11,10 +11,10 @@ API keys, cheapest rejection first, so bad keys cost next to nothing:
 3. a database lookup, shared by concurrent requests for the same key, and rationed:
    at most `AUTH_UNKNOWN_KEY_LOOKUPS_PER_SECOND` (burst twice that) per process. A flood
    of random well-formed keys therefore costs the database a fixed, small rate per api
-   process whatever the attacker sends; past the ration the answer is a retryable 503
-   (never a 401 that might be wrong for a real, not yet cached key; the OpenAI SDKs
-   retry 503 on their own). Keys already cached are never rationed, so good traffic
-   is unaffected.
+   process whatever the attacker sends; past the ration the answer is a 429 with
+   `Retry-After: 1` (never a 401 that might be wrong for a real, not yet cached key;
+   the OpenAI SDKs retry 429 on their own). Keys already cached are never rationed,
+   so good traffic is unaffected.
 
 Revocation is broadcast (`key_events.py`): every api process drops the key from its
 cache within a moment, not after the TTL. `last_used_at` is remembered in memory and
@@ -46,7 +46,7 @@ from shared.db.repositories.api_keys import (
     touch_last_used,
 )
 from shared.db.repositories.users import get_or_create_by_external_id
-from shared.errors import ServiceUnavailable, Unauthorized
+from shared.errors import RateLimited, ServiceUnavailable, Unauthorized
 
 log = structlog.get_logger("api.auth")
 
@@ -131,7 +131,7 @@ class Authenticator:
 
     Counters for metrics: `cache_hits` / `cache_misses` by cache name (`key`,
     `key_negative`, `user`, `jwks`), `db_lookups` (key lookups that reached the
-    database), `lookups_rationed` (refused with 503 past the ration), `malformed`.
+    database), `lookups_rationed` (refused with 429 past the ration), `malformed`.
 
     :param key_secret: the server secret keys are hashed under.
     :param jwt: the session-token verifier; None to accept API keys only.
@@ -201,9 +201,9 @@ class Authenticator:
         self._count("key", hit=False)
         if key_hash not in self._inflight and not self._ration.take():
             self.lookups_rationed += 1
-            raise ServiceUnavailable(
+            raise RateLimited(
                 "Too many unrecognised API keys are being tried; retry in a second.",
-                code="auth_busy",
+                code="auth_lookups_rate_limited",
                 headers={"retry-after": "1"},
             )
         evictions = self._evictions

@@ -15,14 +15,12 @@ from aiohttp import web
 
 ALLOWED_METHODS = "GET, POST, OPTIONS"
 ALLOWED_HEADERS = "authorization, content-type, x-api-key, x-gateway-cache, x-gateway-cache-ttl"
-EXPOSED_HEADERS = ", ".join(
-    (
-        "x-request-id", "retry-after", "retry-after-ms",
-        "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
-        "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
-        "x-gateway-cost", "x-gateway-provider", "x-gateway-cache",
-    )
-)  # fmt: skip
+EXPOSED_HEADERS = (
+    "x-request-id, retry-after, retry-after-ms, "
+    "x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, "
+    "x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, "
+    "x-gateway-cost, x-gateway-provider, x-gateway-cache"
+)
 PREFLIGHT_MAX_AGE_S = 600
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from services.api.auth import Authenticator, LookupRation, Principal
 from shared.db.models import ApiKey
 from shared.db.repositories import api_keys, users
-from shared.errors import ServiceUnavailable, Unauthorized
+from shared.errors import RateLimited, Unauthorized
 
 SECRET = b"unit-test-key-hash-secret"
 
@@ -32,8 +32,12 @@ class FakeRequest:
         self.headers = CIMultiDict(headers)
 
 
+def header(name: str, value: str) -> Any:
+    return FakeRequest(**{name: value})
+
+
 def bearer(key: str) -> Any:
-    return FakeRequest(Authorization=f"Bearer {key}")
+    return header("Authorization", f"Bearer {key}")
 
 
 @pytest.fixture
@@ -80,7 +84,7 @@ class TestKeys:
         assert first == Principal(row.user_id, row.id, frozenset({"gpt-4o-mini"}), 7, 123)
         after_first = len(statements)
         for _ in range(50):
-            assert await auth.authenticate(FakeRequest(**{"X-API-Key": plaintext})) == first
+            assert await auth.authenticate(header("X-API-Key", plaintext)) == first
         assert len(statements) == after_first  # the cache answered
         assert auth.cache_hits["key"] == 50 and auth.cache_misses["key"] == 1
         assert auth.db_lookups == 1
@@ -92,7 +96,7 @@ class TestKeys:
             with pytest.raises(Unauthorized):
                 await auth.authenticate(bearer(bad))
         with pytest.raises(Unauthorized, match="Missing API key"):
-            await auth.authenticate(FakeRequest())
+            await auth.authenticate(header("X-Other", ""))
         assert statements == [] and auth.malformed == 5
 
     async def test_unknown_key_is_looked_up_once_then_negative_cached(
@@ -113,7 +117,7 @@ class TestKeys:
         results = await asyncio.gather(
             *(auth.authenticate(bearer(random_key())) for _ in range(500)), return_exceptions=True
         )
-        assert all(isinstance(r, Unauthorized | ServiceUnavailable) for r in results)
+        assert all(isinstance(r, Unauthorized | RateLimited) for r in results)
         # Burst of 10 (twice 5/s), plus what refilled while the flood ran.
         assert auth.db_lookups <= 1 + 10 + 5
         assert auth.lookups_rationed >= 480

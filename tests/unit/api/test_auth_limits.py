@@ -19,10 +19,10 @@ ENTRY = [("m", b"{}"), ("b", b"{}")]
 
 
 async def admit(funds: Funds, rid: str, **overrides: Any) -> Any:
-    args: dict[str, Any] = dict(
-        user_id="u1", rate_subject="key:k1", rate_limit=10, request_id=rid, hold_nusd=1,
-        minimal_fund_nusd=0, hold_expires_ms=10**13, entry=ENTRY,
-    )  # fmt: skip
+    args: dict[str, Any] = {
+        "user_id": "u1", "rate_subject": "key:k1", "rate_limit": 10, "request_id": rid,
+        "hold_nusd": 1, "minimal_fund_nusd": 0, "hold_expires_ms": 10**13, "entry": ENTRY,
+    }  # fmt: skip
     args.update(overrides)
     return await funds.admit(**args)
 
@@ -106,7 +106,7 @@ class TestTokenRate:
 
 class TestKeySpend:
     async def test_needs_the_counter_then_caps(self, funds: Funds) -> None:
-        cap = dict(key_id="k1", spend_limit_nusd=100, month="202501")
+        cap: dict[str, Any] = {"key_id": "k1", "spend_limit_nusd": 100, "month": "202501"}
         assert (await admit(funds, "s0", hold_nusd=30, **cap)).status is AdmitStatus.NEED_KEY_SPEND
         version = await funds.balance_version("u1")
         assert await funds.fill_key_spend("u1", "k1", "202501", 50, version, 60)
