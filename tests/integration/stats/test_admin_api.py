@@ -9,10 +9,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from fakeredis.aioredis import FakeRedis
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from structlog.testing import capture_logs
 
 from services.api.app import create_app
+from services.api.appkeys import REDIS, REPLIES, SESSIONS
+from services.api.replies import ReplyHub
+from services.api.routes.health import gather_health
 from services.runner import free_port
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.redis import keys
@@ -76,6 +80,23 @@ class TestHealth:
             await engine.dispose()
         assert resp.status == 200 and body["status"] == "degraded"
         assert body["database"]["ok"] is False
+
+
+    async def test_redis_unreachable_is_503(
+        self, sqlite_sessions: async_sessionmaker[AsyncSession]
+    ) -> None:
+        unreachable = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
+        app = web.Application()
+        app[REDIS] = unreachable
+        app[SESSIONS] = sqlite_sessions
+        app[REPLIES] = ReplyHub(unreachable, "test")
+        try:
+            healthy, report = await gather_health(app)
+        finally:
+            await unreachable.aclose()
+        assert healthy is False and report["status"] == "unavailable"
+        assert report["redis"] == {"ok": False, "error": "ConnectionError"}
+        assert report["database"] == {"ok": True}
 
 
 class TestMetricsEndpoint:
