@@ -156,7 +156,8 @@ class Authenticator:
         self._unknown: TTLCache[str, bool] = TTLCache(cache_size, ttl=NEGATIVE_TTL_S)
         self._users: TTLCache[str, Principal] = TTLCache(cache_size, ttl=ttl_s)
         self._inflight: dict[str, asyncio.Future[object]] = {}
-        self._ration = LookupRation(unknown_lookups_per_s, max(2 * unknown_lookups_per_s, 1))
+        per_s = max(unknown_lookups_per_s, 1.0)
+        self._ration = LookupRation(per_s, 2 * per_s)
         self._used: set[str] = set()
         # Bumped by every eviction: a lookup that began before one must not be cached.
         self._evictions = 0

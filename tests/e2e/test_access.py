@@ -250,6 +250,20 @@ class TestSharedRateLimit:
             assert headers["x-ratelimit-limit-requests"] == str(self.RPM)
         # Another key is not affected.
         assert access.client(other, 2).chat.completions.create(**CHAT).choices
+        # Billing added each settled cost to the key's spend counter (the monthly cap).
+        month = time.strftime("%Y%m", time.gmtime())
+        client = sync_redis.Redis.from_url(E2E_REDIS_URL)
+
+        def counted() -> bool:
+            settled = access.stack.query(
+                "SELECT count(*) AS n, COALESCE(SUM(cost_nusd), 0) AS total FROM usage_records "
+                "WHERE key_id = $1", key_id,
+            )[0]  # fmt: skip
+            counter = client.get(keys.key_spend(key_id, month))
+            return settled["n"] == len(ok) and counter is not None and int(counter) == settled["total"]
+
+        access.stack.wait_until(counted, what="the key's spend counter to match its usage rows")
+        client.close()
 
     def test_headers_decrease_across_processes(self, access: AccessStack) -> None:
         _user_id, key = access.funded_key("5", rate_limit_rpm=30)
