@@ -275,11 +275,13 @@ def fault_stack(
     env_overrides: dict[str, str] | None = None,
     catalog_yaml: str | None = None,
     extra_fakes: int = 0,
+    demo: bool = True,
 ) -> Iterator[FaultStack]:
     """Fake provider(s), api, `workers` workers and billing on `pg` and `redis`.
 
-    Demo mode (every model answered by the fake) unless `catalog_yaml` is given; then the
-    placeholders `{fake}` and `{fake2}`, `{fake3}`... in it and in `env_overrides` are
+    Demo mode (every model answered by the fake) unless `catalog_yaml` is given or `demo`
+    is False (the default catalog, with providers pointed at the fake through
+    `env_overrides`). The placeholders `{fake}` and `{fake2}`, `{fake3}`... in it and in `env_overrides` are
     replaced by the fake providers' URLs.
     """
     database = f"gw_faults_{uuid.uuid4().hex[:8]}"
@@ -310,9 +312,9 @@ def fault_stack(
         ADMIN_TOKEN="faults-admin-token-" + uuid.uuid4().hex,
         API_KEY_HASH_SECRET="faults-hash-secret-" + uuid.uuid4().hex,
     )
-    if catalog_yaml is None:
+    if catalog_yaml is None and demo:
         env.update(GATEWAY_DEMO="1", BASE_URL_FAKE=f"{fake_urls[0]}/v1", API_KEY_FAKE=UPSTREAM_KEY)
-    else:
+    elif catalog_yaml is not None:
         catalog = var_dir / "catalog.yaml"
         catalog.write_text(_fill(catalog_yaml, fake_urls))
         env["CATALOG_PATH"] = str(catalog)
