@@ -155,6 +155,18 @@ def markdown(run: dict[str, Any], verdicts: list[Verdict]) -> str:
                 ]
             )
         rows.append(["S1", "errors", d["errors"], g["errors"], ""])
+        rows.append(
+            [
+                "S1",
+                "req/s sustained (billing settled)",
+                "",
+                f"{g.get('sustained_rps', 0):,.0f}",
+                (
+                    f"billing {g.get('billing_backlog_at_end', 0):,} events behind at the end, "
+                    f"{g.get('billing_drain_s')} s to catch up"
+                ),
+            ]
+        )
         total_us = g.get("cpu_us_per_request", {}).get("gateway_total")
         if total_us:
             rows.append(
@@ -290,6 +302,18 @@ def markdown(run: dict[str, Any], verdicts: list[Verdict]) -> str:
             ]
         )
         rows.append(["S7", "good errors", d["good"]["errors"], g["good"]["errors"], ""])
+        alone = s7.get("gateway_bad_keys_only")
+        if alone:
+            per = alone.get("cpu_us_per_request", {})
+            rows.append(
+                [
+                    "S7 bad keys alone, 32 conns",
+                    "401/s; CPU per refusal",
+                    "",
+                    f"{alone['rps']:,.0f}",
+                    f"api {per.get('api', 0):,.0f} µs, postgres {per.get('postgres', 0):,.0f} µs",
+                ]
+            )
     lines += _table(["Scenario", "Metric", "Direct", "Gateway", "Δ / ratio"], rows)
 
     if s4:

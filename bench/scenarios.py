@@ -20,6 +20,7 @@ from bench.procs import busy_share, cpu_jiffies
 from bench.stack import FAILOVER_MODEL, SERVICES, UPSTREAM_KEY, Stack, failover_model
 
 MODEL = "bench-model"
+BILLING_DRAIN_TIMEOUT_S = 180
 FAILOVER_ORDER = {"order": ["benchfail", "bench"]}
 STREAM_DIRECTIVE = "[[fake:ttft_ms=50,chunks=20,chunk_delay_ms=5]]"
 HOLD_DIRECTIVE = "[[fake:ttft_ms=50,chunks=20,chunk_delay_ms=400]]"
@@ -88,11 +89,19 @@ class Bench:
     def measure(
         self, spec: dict[str, Any], *, on_marker: Callable[[str], None] | None = None
     ) -> dict[str, Any]:
-        """Run one load; add the CPU each process spent, in total and per request answered
-        (warm-up included, as the CPU time covers it)."""
+        """Run one load, then wait until billing has settled every event it caused.
+
+        Adds the CPU each process spent, in total and per request answered (warm-up
+        included, as the CPU time covers it), settlement included; how far billing was
+        behind when the load stopped; and the rate the run sustained once settling is
+        counted (a gateway that answers faster than it can bill is not keeping up).
+        """
         before, jiffies, commands = self.stack.cpu(), cpu_jiffies(), self.stack.redis_commands()
         started = time.monotonic()
         result = loadgen.run(spec, cpu=self.cpu, on_marker=on_marker)
+        result["billing_backlog_at_end"] = self.stack.billing_backlog()
+        drain_s = self.stack.wait_billing_drained(BILLING_DRAIN_TIMEOUT_S)
+        result["billing_drain_s"] = drain_s
         wall_s = time.monotonic() - started
         busy, after = busy_share(jiffies, cpu_jiffies()), self.stack.cpu()
         n = max(int(result.get("all_requests", 0)), 1)
@@ -109,6 +118,10 @@ class Bench:
         # machine is shared): busy share of each CPU versus our processes' share of it.
         result["cpu_busy_share"] = busy
         result["gateway_share_of_cpu"] = round(gateway_cpu / wall_s, 3)
+        if "rps" in result and "duration_s" in result:
+            late_s = drain_s if drain_s is not None else float("inf")
+            window = result["duration_s"]
+            result["sustained_rps"] = round(result["rps"] * window / (window + late_s), 1)
         return result
 
     def warm_up(self) -> None:
@@ -140,13 +153,11 @@ class Bench:
         load = {"mode": "closed", "body": chat_body("Say hello."), "connections": 64, "warmup_s": 2}
         direct = self.measure(self.direct(**load, duration_s=self.scale(10)))
         gateway = self.measure(self.gateway(**load, duration_s=self.scale(15)))
-        drain_s = self.stack.wait_billing_drained(120)
         return {
             "direct": direct,
             "gateway": gateway,
             "throughput_ratio": _ratio(gateway["rps"], direct["rps"]),
             "added_latency_ms": _added(direct["latency_ms"], gateway["latency_ms"]),
-            "billing_drain_after_s": drain_s,
         }
 
     # -- S2 ----------------------------------------------------------------------------
@@ -162,7 +173,6 @@ class Bench:
                 "gateway": gateway,
                 "added_ms": _added(direct["latency_ms"], gateway["latency_ms"]),
             }
-        self.stack.wait_billing_drained(60)
         return out
 
     # -- S3 ----------------------------------------------------------------------------
@@ -177,7 +187,6 @@ class Bench:
         }
         direct = self.measure(self.direct(**load, duration_s=self.scale(10)))
         gateway = self.measure(self.gateway(**load, duration_s=self.scale(10)))
-        self.stack.wait_billing_drained(60)
         return {
             "direct": direct,
             "gateway": gateway,
@@ -203,7 +212,6 @@ class Bench:
         sampler = _RssSampler(self.stack)
         gateway = self.measure(self.gateway(**load), on_marker=sampler.marker)
         sampler.stop()
-        self.stack.wait_billing_drained(60)
         return {
             "rss_idle": self.rss_idle,
             "rss_after_s1_s3": after_load,
@@ -229,7 +237,6 @@ class Bench:
                 "gateway": gateway,
                 "added_ms": _added(direct["latency_ms"], gateway["latency_ms"]),
             }
-        self.stack.wait_billing_drained(60)
         return out
 
     # -- S6 ----------------------------------------------------------------------------
@@ -258,7 +265,6 @@ class Bench:
         self.stack.reset_fake_stats()
         gateway = self.measure(self.gateway(**load))
         failed_first = int(self.stack.fake_stats().get("failed", 0))
-        self.stack.wait_billing_drained(60)
         return {
             "direct": direct,
             "gateway": gateway,
@@ -279,11 +285,23 @@ class Bench:
         }
         direct = self.measure(self.direct(**load, duration_s=self.scale(10)))
         gateway = self.measure(self.gateway(**load, duration_s=self.scale(10)))
-        self.stack.wait_billing_drained(60)
+        # What one refused key costs the gateway, measured alone.
+        bad_only = self.measure(
+            self.gateway(
+                mode="closed",
+                body=chat_body("Say hello."),
+                connections=32,
+                warmup_s=1,
+                duration_s=self.scale(5),
+                random_key=True,
+                expect_status=401,
+            )
+        )
         good_rps = gateway["good"]["rps"]
         return {
             "direct": direct,
             "gateway": gateway,
+            "gateway_bad_keys_only": bad_only,
             "s1_gateway_rps": s1_gateway_rps,
             "good_rps_under_flood": good_rps,
             "good_loss": round(1 - good_rps / s1_gateway_rps, 3) if s1_gateway_rps else None,

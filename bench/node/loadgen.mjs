@@ -2,7 +2,8 @@
 //
 // Reads a JSON spec on stdin, prints one JSON result on stdout. Modes:
 //
-//   closed  `connections` loops, each sends the next request when the last one ended.
+//   closed  `connections` loops, each sends the next request when the last one ended
+//           (`random_key`: each with a new invalid key; `expect_status`: e.g. 401).
 //   open    requests start on a fixed schedule (`rate` per second) whatever the answers
 //           do; latency is measured from each request's *intended* start, so a stall
 //           is charged to every request it delayed (no coordinated omission). With
@@ -112,8 +113,16 @@ function request(opts, payload, timeoutMs, onDone, onData = null, keepBody = tru
   return req;
 }
 
-function okCompletion(status, body) {
+// `expect_status`: the status every answer should have (default: a 200 completion).
+function okAnswer(spec, status, body) {
+  if (spec.expect_status) return status === spec.expect_status;
   return status === 200 && body !== null && body.includes('"chat.completion"') && body.includes('"choices"');
+}
+
+// A well-formed key nobody issued: what a key-guessing flood sends.
+function withRandomKey(opts) {
+  const key = "gw-" + crypto.randomBytes(36).toString("base64url");
+  return { ...opts, headers: { ...opts.headers, authorization: "Bearer " + key } };
 }
 
 // -- closed loop ------------------------------------------------------------------------
@@ -155,12 +164,12 @@ function closedLoop(spec, { agent = null, onComplete = null, stopAt = null } = {
         }
         return;
       }
-      request(opts, payload, timeoutMs, (status, body, err) => {
+      request(spec.random_key ? withRandomKey(opts) : opts, payload, timeoutMs, (status, body, err) => {
         const t1 = now();
         all++;
         if (t0 >= measureFrom && t1 <= end) {
           statuses.add(err ? "net:" + (err.code || err.message) : String(status));
-          if (!err && okCompletion(status, body)) {
+          if (!err && okAnswer(spec, status, body)) {
             completed++;
             lat.push(t1 - t0);
           } else {
@@ -229,7 +238,7 @@ function openLoop(spec) {
         outstanding--;
         if (measured) {
           statuses.add(err ? "net:" + (err.code || err.message) : String(status));
-          if (!err && okCompletion(status, body)) {
+          if (!err && okAnswer(spec, status, body)) {
             completed++;
             lat.push(t1 - intended);
             svc.push(t1 - actual);
@@ -440,9 +449,7 @@ async function flood(spec) {
       const t0 = now();
       const counted = measuring;
       if (counted) badSent++;
-      const key = "gw-" + crypto.randomBytes(36).toString("base64url");
-      const opts = { ...badOpts, headers: { ...badOpts.headers, authorization: "Bearer " + key } };
-      request(opts, spec.body, timeoutMs, (status, _b, err) => {
+      request(withRandomKey(badOpts), spec.body, timeoutMs, (status, _b, err) => {
         inflight--;
         badAll++;
         const t1 = now();
