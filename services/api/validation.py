@@ -216,6 +216,24 @@ def _content_parts(parts: list[Any], where: str) -> None:
                     f"'{at}.image_url.url' must be a data: URL or an http(s) URL.",
                     param=f"{at}.image_url.url",
                 )
+            if url.startswith("data:"):
+                _image_data_url(url, f"{at}.image_url.url")
+
+
+# An image as a data: URL: an image type (or none: adapters sniff the bytes), base64, data.
+_IMAGE_DATA_URL = re.compile(r"data:(image/[a-z0-9.+-]+)?(;[a-z0-9.+-]+=[^,;]*)*;base64,", re.I)
+_BASE64_DATA = re.compile(r"\s*[A-Za-z0-9+/_\-][A-Za-z0-9+/_\-\s]*=*\s*")
+
+
+def _image_data_url(url: str, param: str) -> None:
+    """Refuse, before anything is queued, what no provider can decode as an image."""
+    head = _IMAGE_DATA_URL.match(url)
+    if head is None or _BASE64_DATA.fullmatch(url, head.end()) is None:
+        raise InvalidRequest(
+            f"'{param}' must be a base64 data: URL of an image (data:image/png;base64,...).",
+            param=param,
+            code="invalid_image_url",
+        )
 
 
 def _tool_calls(calls: Any, where: str) -> None:

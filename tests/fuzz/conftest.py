@@ -29,7 +29,7 @@ from tests.faults.servers import missing_requirements
 # Counts for the closing report (printed by test_zz_log_scan).
 TALLY: dict[str, int] = {"bad_inputs": 0, "five_xx": 0}
 LOG_DIRS: list[Path] = []
-JWT_SECRET = "fuzz-jwt-secret-" + "9" * 32
+JWT_SECRET = "fuzz-jwt-secret-" + "9" * 56
 
 
 class Listener:
