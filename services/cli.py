@@ -579,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     from services.cli_usage import add_usage_commands
 
     add_usage_commands(sub)  # gateway usage providers|spend
+    from services.cli_prefs import add_preference_commands
+
+    add_preference_commands(sub)  # gateway prefs show|set|clear
     return parser
 
 

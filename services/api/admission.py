@@ -18,6 +18,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -156,7 +157,14 @@ class Admission:
         return max(principal.rate_limit_rpm or self._settings.rate_limit_requests_per_minute, 1)
 
     async def admit(
-        self, principal: Principal, model: Model, body: ChatBody, raw: bytes, request_id: str
+        self,
+        principal: Principal,
+        model: Model,
+        body: ChatBody,
+        raw: bytes,
+        request_id: str,
+        *,
+        routing: dict[str, Any] | None = None,
     ) -> Admitted:
         now = time.time_ns() // 1_000_000
         hold = max_cost_nusd(model, body)
@@ -172,6 +180,7 @@ class Admission:
             enqueued_ms=now,
             hold_nusd=hold,
             body=raw,
+            routing=routing,
         )
         token_cost = max_tokens(model, body) if self._settings.rate_limit_tokens_per_minute else 0
         rate = await self._admit(

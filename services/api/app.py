@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.api.admission import Admission
 from services.api.appkeys import ADMISSION, AUTH, CATALOG, REDIS, REPLIES, SESSIONS, SETTINGS
 from services.api.auth import Authenticator
-from services.api.appkeys import KEY_EVENTS, RESPONSE_CACHE
+from services.api.appkeys import KEY_EVENTS, PREFERENCES, RESPONSE_CACHE
+from services.api.preferences import Preferences
 from services.api.access import rate_headers_on_refusal
 from services.api.cors import setup_cors
 from services.api.jwt_auth import JwtVerifier
@@ -25,7 +26,7 @@ from services.api.replies import ReplyHub
 from services.api.routes.chat import chat_completions
 from services.api.routes import account, admin, admin_usage, estimate
 from services.api.routes import admin_stats, dashboard
-from services.api.routes import openapi
+from services.api.routes import admin_preferences, openapi
 from services.api.routes.health import health
 from services.api.routes.metrics import setup_metrics
 from services.api.routes.models import get_model, list_models
@@ -97,6 +98,7 @@ def create_app(
 
     async def admission_ctx(app: web.Application) -> AsyncIterator[None]:
         app[ADMISSION] = Admission(settings, Funds(app[REDIS]), app[SESSIONS])
+        app[PREFERENCES] = Preferences(app[SESSIONS], ttl_s=settings.cache_ttl_s)
         yield
 
     async def access_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -117,6 +119,7 @@ def create_app(
     app.router.add_get("/health", health)
     app.router.add_get("/v1/chat/models", chat_models)
     app.router.add_get("/v1/chat/health", chat_health)
+    admin_preferences.add_routes(app)
     admin_stats.add_routes(app.router)
     dashboard.add_routes(app.router)
     openapi.add_routes(app.router)  # GET /openapi.json

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.api.auth import Authenticator, Principal
 from services.api.admission import Admission
 from services.api.key_events import KeyEventListener
+from services.api.preferences import Preferences
 from services.api.response_cache import ResponseCache
 from services.api.replies import ReplyHub
 from shared.catalog import Catalog
@@ -27,6 +28,7 @@ SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
 AUTH = web.AppKey("auth", Authenticator)
 ADMISSION = web.AppKey("admission", Admission)
 REPLIES = web.AppKey("replies", ReplyHub)
+PREFERENCES = web.AppKey("preferences", Preferences)
 KEY_EVENTS = web.AppKey("key_events", KeyEventListener)
 RESPONSE_CACHE = web.AppKey("response_cache", ResponseCache)
 

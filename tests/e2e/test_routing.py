@@ -73,6 +73,7 @@ def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Fa
                 "PROVIDER_MAX_RETRIES": "0",
                 "CIRCUIT_FAILURE_THRESHOLD": "3",
                 "CIRCUIT_COOLDOWN_SECONDS": "2",
+                "ADMIN_TOKEN": "admin-secret-for-tests",
             },
         ) as stack:
             yield stack, Fakes(stack.fake_url, f"http://127.0.0.1:{beta_port}")
@@ -204,6 +205,38 @@ class TestPreferences:
             time.sleep(1.1)  # let workers refresh statistics
         assert served[-2:] == ["beta", "beta"]
         assert "alpha" in served or len(fakes.calls("alpha")) == 0
+
+    def test_stored_user_preferences_apply_and_requests_override_them(self, env: Any) -> None:
+        stack, _fakes, _client = env
+        user_id, key = stack.new_funded_user("1")
+        client = openai.OpenAI(api_key=key, base_url=stack.api_url + "/v1", max_retries=0)
+        assert ask(client).headers["x-gateway-provider"] == "alpha"  # default: cheaper
+
+        out = stack.cli("prefs", "set", "--user", user_id, "--order", "beta")
+        assert orjson.loads(out)["provider"] == {"order": ["beta"]}
+        admin = {"Authorization": "Bearer admin-secret-for-tests"}
+        # The admin API sets the same thing, and drops this process's cached copy at once.
+        status, body = http(
+            "PUT", f"{stack.api_url}/admin/users/{user_id}/preferences",
+            orjson.dumps({"order": ["beta"], "sort": "price"}), admin,
+        )  # fmt: skip
+        assert status == 200 and body["provider"]["order"] == ["beta"]
+        assert ask(client).headers["x-gateway-provider"] == "beta"
+        raw = ask(client, extra_body={"provider": {"order": ["alpha"]}})
+        assert raw.headers["x-gateway-provider"] == "alpha"  # the request wins
+
+        status, error = http(
+            "PUT", f"{stack.api_url}/admin/users/{user_id}/preferences",
+            orjson.dumps({"sort": "fastest"}), admin,
+        )  # fmt: skip
+        assert status == 400 and error["error"]["param"] == "provider.sort"
+        status, _ = http("GET", f"{stack.api_url}/admin/users/{user_id}/preferences")
+        assert status == 401
+        status, _ = http("GET", f"{stack.api_url}/admin/users/usr_nobody/preferences", None, admin)
+        assert status == 404
+        status, body = http("DELETE", f"{stack.api_url}/admin/users/{user_id}/preferences", None, admin)
+        assert status == 200 and body["provider"] == {}
+        assert ask(client).headers["x-gateway-provider"] == "alpha"
 
     def test_invalid_provider_object_is_400(self, env: Any) -> None:
         _stack, _fakes, client = env

@@ -11,7 +11,7 @@ from aiohttp import web
 from services.api.admission import Admitted
 from services.api.access import cached_answer, model_allowed, serve_cached, store_answer
 from services.api.appkeys import ADMISSION, AUTH, CATALOG, REDIS, REPLIES, REQUEST_ID_KEY
-from services.api.appkeys import PRINCIPAL_KEY, SETTINGS
+from services.api.appkeys import PREFERENCES, PRINCIPAL_KEY, SETTINGS
 from services.api.metrics import chat_figures, request_summary
 from services.api.relay import FrameReader, cancel_upstream, relay_json, relay_sse
 from services.api.validation import ChatBody, parse_chat_body
@@ -72,7 +72,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     finished = False
     meta: Mapping[str, Any] = {}
     try:
-        admitted = await app[ADMISSION].admit(principal, model, body, raw, request_id)
+        routing = await app[PREFERENCES].routing_for(principal.user_id)
+        admitted = await app[ADMISSION].admit(
+            principal, model, body, raw, request_id, routing=routing
+        )
         headers = {**rate_headers(admitted), "x-request-id": request_id}
         reader = FrameReader(queue, admitted.job.deadline_ms)
         try:
