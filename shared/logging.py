@@ -96,7 +96,7 @@ def configure_logging(
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_orjson_dumps)
         if use_json
-        else structlog.dev.ConsoleRenderer()
+        else structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     )
     pre_render: list[Any] = [
         structlog.contextvars.merge_contextvars,
