@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test venv migrate up lint clean bench
+.PHONY: run test venv migrate up lint clean bench soak
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	@command -v node >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## Soak (not part of `make test`): SOAK_SECONDS (300) of mixed traffic with failing
+## providers on private PostgreSQL/Redis servers; error rate, RSS per service, ledger audit.
+SOAK_SECONDS ?= 300
+soak: $(STAMP)
+	$(BIN)/python -m tests.soak.run --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
 
 migrate: $(STAMP)
 	$(BIN)/gateway migrate

@@ -40,6 +40,8 @@ class Seen:
     text: str = ""
     finish_reason: str | None = None
     cost_header: str | None = None
+    provider: str | None = None  # x-gateway-provider
+    attempts: int = 0  # x-gateway-attempts: more than 1 means a fallback or retry
     started_s: float = 0.0
     ended_s: float = 0.0
 
@@ -106,8 +108,7 @@ async def one_request(api: openai.AsyncOpenAI, seen: Seen, mix: Mix) -> Seen:
             raw = await api.chat.completions.with_raw_response.create(
                 stream=True, stream_options={"include_usage": True}, **kwargs
             )
-            seen.status = raw.status_code
-            seen.request_id = raw.headers.get("x-request-id")
+            _answer_headers(seen, raw.headers)
             async for chunk in await _parsed(raw):
                 for choice in chunk.choices:
                     if choice.delta.content:
@@ -120,8 +121,7 @@ async def one_request(api: openai.AsyncOpenAI, seen: Seen, mix: Mix) -> Seen:
                 seen.ok = True
         else:
             raw = await api.chat.completions.with_raw_response.create(**kwargs)
-            seen.status = raw.status_code
-            seen.request_id = raw.headers.get("x-request-id")
+            _answer_headers(seen, raw.headers)
             seen.cost_header = raw.headers.get("x-gateway-cost")
             completion = await _parsed(raw)
             seen.text = completion.choices[0].message.content or ""
@@ -145,6 +145,13 @@ async def one_request(api: openai.AsyncOpenAI, seen: Seen, mix: Mix) -> Seen:
         seen.error = {"message": f"{type(exc).__name__}: {exc}"[:200]}
     seen.ended_s = time.monotonic()
     return seen
+
+
+def _answer_headers(seen: Seen, headers: Any) -> None:
+    seen.status = 200
+    seen.request_id = headers.get("x-request-id")
+    seen.provider = headers.get("x-gateway-provider")
+    seen.attempts = int(headers.get("x-gateway-attempts") or 0)
 
 
 async def _parsed(raw: Any) -> Any:
