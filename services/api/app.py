@@ -34,6 +34,7 @@ from services.api.routes.providers import chat_health, chat_models
 from shared.catalog import Catalog, catalog_for
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.key_secret import load_key_secret
+from shared.redis import keys
 from shared.redis.funds import Funds
 from shared.settings import Settings
 
@@ -57,11 +58,7 @@ def create_app(
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         client = redis or Redis.from_url(redis_url, max_connections=None)
         app[REDIS] = client
-        hub = ReplyHub(client, settings.process_id)
-        await hub.start()
-        app[REPLIES] = hub
         yield
-        await hub.stop()
         if redis is None:
             await client.aclose()
 
@@ -102,13 +99,17 @@ def create_app(
         yield
 
     async def access_ctx(app: web.Application) -> AsyncIterator[None]:
-        # Revocations reach this process through one subscription (key_events.py).
-        listener = KeyEventListener(app[REDIS], app[AUTH])
-        await listener.start()
+        # One pub/sub connection per process carries reply frames and key revocations.
+        listener = KeyEventListener(app[AUTH])
+        hub = ReplyHub(
+            app[REDIS], settings.process_id, channels={keys.KEY_EVENTS_CHANNEL: listener}
+        )
+        await hub.start()
         app[KEY_EVENTS] = listener
+        app[REPLIES] = hub
         app[RESPONSE_CACHE] = ResponseCache(app[REDIS])
         yield
-        await listener.stop()
+        await hub.stop()
 
     app.cleanup_ctx.extend([redis_ctx, db_ctx, admission_ctx, access_ctx])
     app.middlewares.append(rate_headers_on_refusal)

@@ -1,16 +1,21 @@
-"""One pub/sub subscription per api process, shared by every request it serves.
+"""One pub/sub connection per api process, shared by every request it serves.
 
 Workers publish frames to `gw:reply:{process_id}`; the hub decodes each frame's header
 and hands it to the queue registered for its request id. If the subscription breaks,
 frames may have been lost, so every waiting request is told at once (a `None` on its
 queue) rather than left to hang until its deadline.
+
+Other broadcast channels the process listens to (key revocations) ride on the same
+connection as `ChannelHandler`s: each gets its messages, and is told when the
+subscription was (re)made, since messages sent while it was down are lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from redis.exceptions import RedisError
@@ -27,10 +32,25 @@ log = structlog.get_logger("api.replies")
 FrameQueue = asyncio.Queue[ReplyFrame | None]
 
 
+class ChannelHandler(Protocol):
+    def handle(self, data: bytes) -> None:
+        """One message from the channel."""
+
+    def resubscribed(self) -> None:
+        """The subscription was (re)made: anything sent meanwhile was missed."""
+
+
 class ReplyHub:
-    def __init__(self, redis: Redis, process_id: str) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        process_id: str,
+        *,
+        channels: Mapping[str, ChannelHandler] | None = None,
+    ) -> None:
         self._redis = redis
         self.channel = keys.reply_channel(process_id)
+        self._channels = {name.encode(): handler for name, handler in (channels or {}).items()}
         self._waiting: dict[str, FrameQueue] = {}
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
@@ -62,13 +82,20 @@ class ReplyHub:
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.channel)
+                await pubsub.subscribe(self.channel, *self._channels)
+                for handler in self._channels.values():
+                    handler.resubscribed()
                 self.ready.set()
                 backoff_s = 0.1
                 while True:
                     message = await pubsub.get_message(timeout=None)
-                    if message is not None:
+                    if message is None:
+                        continue
+                    handler = self._channels.get(message["channel"])
+                    if handler is None:
                         self._dispatch(message["data"])
+                    else:
+                        handler.handle(message["data"])
             except (RedisError, OSError) as exc:
                 self.ready.clear()
                 log.warning("reply_subscription_lost", error=str(exc), waiting=len(self._waiting))
