@@ -3,7 +3,8 @@
 
 - `reconcile_job` every `reconcile_every_min` minutes: see `reconcile.py`; any problem
   is logged and sent to `NTFY_ERROR_URL` when set;
-- `stale_holds_job` every minute: see `stale_holds.py`.
+- `stale_holds_job` every minute: see `stale_holds.py`;
+- `send_ntfy_alert` on demand: provider alerts queued by the workers (`shared/alerts.py`).
 
 Both are also registered as plain functions, so they can be enqueued on demand. arq's
 cron jobs are unique per run time, so several billing replicas run each tick once.
@@ -17,17 +18,18 @@ import contextlib
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import structlog
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis
 from arq.cron import cron
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
-from services.billing.alerts import send_alert
 from services.billing.reconcile import DEFAULT_STUCK_AFTER_MS, reconcile
 from services.billing.stale_holds import expire_stale_holds
+from shared.alerts import Alert, post_to_ntfy, send_ntfy_alert
+from shared.arq_pool import create_arq_pool, job_dumps, job_loads
 from shared.redis.holds import HoldStore
+from shared.redis.keys import ARQ_QUEUE
 
 if TYPE_CHECKING:
     import aiohttp
@@ -38,8 +40,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("billing.jobs")
 
-# TODO(keys.py): move beside the other Redis names once that file settles.
-ARQ_QUEUE = "gw:arq:queue"
+__all__ = ["ARQ_QUEUE", "create_arq_pool", "create_arq_worker", "stop_arq_worker"]
+
 DEPS_KEY = "gw_deps"
 
 
@@ -54,24 +56,19 @@ class JobDeps:
     stuck_after_ms: int = DEFAULT_STUCK_AFTER_MS
 
 
-def _json_dumps(value: dict[str, Any]) -> bytes:
-    return orjson.dumps(value)
-
-
-def _json_loads(raw: bytes) -> dict[str, Any]:
-    data: dict[str, Any] = orjson.loads(raw)
-    return data
-
-
 async def reconcile_job(ctx: dict[str, Any]) -> dict[str, Any]:
     deps: JobDeps = ctx[DEPS_KEY]
     report = await reconcile(deps.sessions, deps.redis, stuck_after_ms=deps.stuck_after_ms)
     if report.problems and deps.settings.ntfy_error_url:
-        await send_alert(
+        await post_to_ntfy(
             deps.http,
             deps.settings.ntfy_error_url,
-            "Gateway billing: reconciliation found inconsistencies",
-            report.summary(),
+            Alert(
+                title="Gateway billing: reconciliation found inconsistencies",
+                message=report.summary(),
+                priority=4,
+                tags=("warning", "moneybag"),
+            ),
         )
     return report.to_dict()
 
@@ -82,30 +79,21 @@ async def stale_holds_job(ctx: dict[str, Any]) -> dict[str, Any]:
     return {"users_scanned": report.users_scanned, "expired": [asdict(h) for h in report.expired]}
 
 
-async def create_arq_pool(redis_url: str) -> ArqRedis:
-    return await create_pool(
-        RedisSettings.from_dsn(redis_url),
-        job_serializer=_json_dumps,
-        job_deserializer=_json_loads,
-        default_queue_name=ARQ_QUEUE,
-    )
-
-
 def create_arq_worker(pool: ArqRedis, deps: JobDeps, *, reconcile_every_min: int = 10) -> Worker:
     """An arq Worker for the billing jobs on `pool`; run it with `async_run()`."""
     every = max(1, min(reconcile_every_min, 60))
     return Worker(
-        functions=[reconcile_job, stale_holds_job],
+        functions=[reconcile_job, stale_holds_job, send_ntfy_alert],
         cron_jobs=[
             cron(reconcile_job, name="cron:reconcile", minute=set(range(0, 60, every)), second=0),
             cron(stale_holds_job, name="cron:stale_holds", second=30),
         ],
         redis_pool=pool,
         queue_name=ARQ_QUEUE,
-        ctx={DEPS_KEY: deps},
+        ctx={DEPS_KEY: deps, "http": deps.http},
         handle_signals=False,  # the billing process owns SIGTERM/SIGINT
-        job_serializer=_json_dumps,
-        job_deserializer=_json_loads,
+        job_serializer=job_dumps,
+        job_deserializer=job_loads,
         keep_result=3600,
         max_tries=1,
     )

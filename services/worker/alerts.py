@@ -39,11 +39,9 @@ class AlertSender:
     async def create(cls, settings: Settings, redis_url: str) -> AlertSender:
         if not settings.ntfy_error_url:
             return cls(None, "")
-        from arq import create_pool
-        from arq.connections import RedisSettings
+        from shared.arq_pool import create_arq_pool
 
-        pool = await create_pool(RedisSettings.from_dsn(redis_url))
-        return cls(pool, settings.ntfy_error_url)
+        return cls(await create_arq_pool(redis_url), settings.ntfy_error_url)
 
     async def close(self) -> None:
         if self._tasks:

@@ -29,6 +29,8 @@ EVENTS_GROUP = "billing"
 CANCEL_CHANNEL = "gw:cancel"
 WORKERS_HEARTBEAT = "gw:workers"
 KEY_EVENTS_CHANNEL = "gw:keys:events"
+# arq jobs (alerts, reconciliation, stale holds): run by the billing service.
+ARQ_QUEUE = "gw:arq:queue"
 
 # Streams are capped approximately; billing acks long before this many events pile up.
 JOBS_STREAM_MAXLEN = 100_000

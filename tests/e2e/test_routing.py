@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +35,36 @@ models:
 """
 
 
+class NtfyFake:
+    """An ntfy-compatible topic URL that records what it is sent."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, str]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                received.append(
+                    {
+                        "title": self.headers.get("Title", ""),
+                        "priority": self.headers.get("Priority", ""),
+                        "tags": self.headers.get("Tags", ""),
+                        "message": body,
+                    }
+                )
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.received = received
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/gateway-alerts"
+
+
 class Fakes:
     def __init__(self, alpha_url: str, beta_url: str) -> None:
         self.urls = {"alpha": alpha_url, "beta": beta_url}
@@ -52,7 +84,16 @@ class Fakes:
 
 
 @pytest.fixture(scope="module")
-def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Fakes]]:
+def ntfy() -> Iterator[NtfyFake]:
+    fake = NtfyFake()
+    yield fake
+    fake.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def routed(
+    tmp_path_factory: pytest.TempPathFactory, ntfy: NtfyFake
+) -> Iterator[tuple[Stack, Fakes]]:
     catalog = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
     catalog.write_text(CATALOG)
     beta_port = free_port()
@@ -74,6 +115,7 @@ def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Fa
                 "CIRCUIT_FAILURE_THRESHOLD": "3",
                 "CIRCUIT_COOLDOWN_SECONDS": "2",
                 "ADMIN_TOKEN": "admin-secret-for-tests",
+                "NTFY_ERROR_URL": ntfy.url,
             },
         ) as stack:
             yield stack, Fakes(stack.fake_url, f"http://127.0.0.1:{beta_port}")
@@ -109,7 +151,9 @@ def chat_health(stack: Stack) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 class TestFallback:
-    def test_failing_provider_falls_back_then_circuit_opens_and_heals(self, env: Any) -> None:
+    def test_failing_provider_falls_back_then_circuit_opens_and_heals(
+        self, env: Any, ntfy: NtfyFake
+    ) -> None:
         stack, fakes, client = env
         fakes.script("alpha", [{"status": 500}] * 50)
         # Ask for alpha first: the default policy would demote it after two failures
@@ -129,6 +173,21 @@ class TestFallback:
         assert chat_health(stack)[("alpha", "duo")]["circuit"]["state"] == "open"
         assert len(fakes.calls("alpha")) == 3  # skipped while open
 
+        # Alerts: one for alpha's errors (not one per failed request), one high-priority
+        # alert for the circuit that opened; delivered by billing's arq worker.
+        def alerts_arrived() -> bool:
+            return len(ntfy.received) >= 2
+
+        stack.wait_until(alerts_arrived, 15, "two alerts at the ntfy fake")
+        time.sleep(1.0)  # anything more would be a duplicate
+        titles = sorted(a["title"] for a in ntfy.received)
+        assert len(titles) == 2, titles
+        failing = next(a for a in ntfy.received if a["title"].startswith("Provider alpha failing"))
+        assert "provider=alpha model=duo error_class=technical status=500" in failing["message"]
+        assert "request_id=" in failing["message"]
+        opened = next(a for a in ntfy.received if a["title"].startswith("Circuit opened"))
+        assert opened["priority"] == "5"
+
         fakes.reset()  # alpha recovers
         time.sleep(2.5)  # cooldown passes: one probe goes to alpha
         deadline = time.monotonic() + 10
@@ -140,13 +199,17 @@ class TestFallback:
         assert health["circuit"]["state"] == "closed"
         assert health["samples"] >= 4 and health["success_rate"] < 1
 
-    def test_business_error_is_returned_and_second_provider_never_called(self, env: Any) -> None:
+    def test_business_error_is_returned_and_second_provider_never_called(
+        self, env: Any, ntfy: NtfyFake
+    ) -> None:
         _stack, fakes, client = env
         fakes.script("alpha", [{"status": 400}])
         with pytest.raises(openai.BadRequestError):
             ask(client)
         assert fakes.calls("beta") == []
         assert len(fakes.calls("alpha")) == 1
+        time.sleep(0.5)
+        assert not [a for a in ntfy.received if "status=400" in a["message"]]  # no alert
 
     def test_stream_falls_back_before_first_chunk_not_after(self, env: Any) -> None:
         _stack, fakes, client = env
