@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import budgets, profiling, report
+from bench.procs import repin
 from bench.scenarios import Bench, Scale, chat_body
 from bench.stack import DEFAULT_PG_ADMIN_DSN, REPO, Stack, StackError, StackOptions
 
 ALL = ("S1", "S2", "S3", "S4", "S5", "S6", "S7")
+PROFILED = ("api", "worker", "billing")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -181,8 +183,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _profile(bench: Bench, stack: Stack, out_dir: Path, stamp: str, scale: Scale) -> dict[str, Any]:
+    """S1 once per service, with that service alone on the gateway's CPU.
+
+    py-spy samples a process while it is runnable, including while it waits for the
+    CPU; with four processes on one CPU that charges one process's time to whatever
+    another was doing when it got preempted (mostly socket writes that woke the
+    receiver). Alone on the CPU, a service's samples are its own work.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    duration_s = int(scale(12))
+    duration_s = int(scale(10))
     spec = bench.gateway(
         mode="closed",
         body=chat_body("Say hello."),
@@ -190,18 +199,30 @@ def _profile(bench: Bench, stack: Stack, out_dir: Path, stamp: str, scale: Scale
         warmup_s=1,
         duration_s=duration_s + 1,
     )
-    pids = {name: stack.procs.pid(name) for name in ("api", "worker", "billing")}
-    summary, result = profiling.record(
-        pids,
-        out_dir,
-        stamp,
-        duration_s=duration_s,
-        rate_hz=200,
-        cpu=bench.cpu,
-        load=lambda: bench.measure(spec),
-    )
-    stack.wait_billing_drained(60)
-    summary["_load"] = {"rps_while_profiled": result.get("rps"), "errors": result.get("errors")}
+    summary: dict[str, Any] = {}
+    loads: dict[str, Any] = {}
+    gateway_cpu, driver_cpu = stack.pinning.gateway_cpu, stack.pinning.driver_cpu
+    try:
+        for alone in PROFILED:
+            if gateway_cpu is not None and driver_cpu is not None:
+                for name in (*PROFILED, "redis"):
+                    repin(stack.procs.pid(name), gateway_cpu if name == alone else driver_cpu)
+            found, result = profiling.record(
+                {alone: stack.procs.pid(alone)},
+                out_dir,
+                stamp,
+                duration_s=duration_s,
+                rate_hz=200,
+                cpu=bench.cpu,
+                load=lambda: bench.measure(spec),
+            )
+            summary.update(found)
+            loads[alone] = {"rps": result.get("rps"), "errors": result.get("errors")}
+    finally:
+        if gateway_cpu is not None:
+            for name in (*PROFILED, "redis"):
+                repin(stack.procs.pid(name), gateway_cpu)
+    summary["_load"] = loads
     return summary
 
 

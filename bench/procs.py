@@ -44,6 +44,11 @@ def pinned(argv: Sequence[str], cpu: str | None) -> list[str]:
     return ["taskset", "-c", cpu, *argv] if cpu is not None else list(argv)
 
 
+def repin(pid: int, cpu: str) -> None:
+    """Move a running process (every thread of it) to `cpu`."""
+    subprocess.run(["taskset", "-apc", cpu, str(pid)], check=True, capture_output=True)
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of one process (0 once it is gone)."""
     try:

@@ -372,27 +372,44 @@ def markdown(run: dict[str, Any], verdicts: list[Verdict]) -> str:
         lines += ["", f"Redis commands per S1 request ({calls['total']}): {listed}."]
     prof = run.get("profile")
     if prof:
-        lines += ["", "## Profile of S1 (py-spy)", ""]
-        load = prof.get("_load") or {}
-        lines.append(
-            f"Load while profiled: {load.get('rps_while_profiled')} req/s (py-spy running beside it)."
-        )
-        lines.append("")
-        for name, info in prof.items():
-            if name.startswith("_"):
-                continue
-            if "error" in info:
-                lines.append(f"- {name}: {info['error']}")
-                continue
-            lines.append(
-                f"**{name}** ({info['samples']} samples, flame graph `{info['svg']}`), top self time:"
-            )
-            lines.append("")
-            lines += _table(
-                ["%", "function"], ([f"{p:.1f}", f"`{fn}`"] for fn, p in info["top_self"][:12])
-            )
-            lines.append("")
+        lines += _profile_section(prof)
     return "\n".join(lines) + "\n"
+
+
+def _profile_section(prof: dict[str, Any]) -> list[str]:
+    loads = prof.get("_load") or {}
+    passes = ", ".join(f"{name} pass {v.get('rps')} req/s" for name, v in loads.items())
+    note = (
+        "Each service profiled alone on the gateway's CPU (the other services moved to the "
+        f"driver CPU for that pass), so its samples are its own work. S1 load: {passes}. "
+        "Percent of the service's busy samples; `Runner.run` is time in C under the event "
+        "loop (uvloop, asyncpg's protocol, hiredis) that has no Python frame."
+    )
+    lines = ["", "## Profile of S1 (py-spy)", "", note, ""]
+    for name, info in prof.items():
+        if name.startswith("_"):
+            continue
+        if "error" in info:
+            lines += [f"- {name}: {info['error']}", ""]
+            continue
+        packages = ", ".join(f"{pkg} {pct:.0f}%" for pkg, pct in info["self_by_package"][:8])
+        heading = f"**{name}** ({info['samples']} samples, flame graph `{info['svg']}`)."
+        lines += [f"{heading} Self time by package: {packages}.", ""]
+        own = info["top_inclusive_own_code"]
+        rows = []
+        for i, (function, pct) in enumerate(info["top_self"][:12]):
+            mine = own[i] if i < len(own) else None
+            rows.append(
+                [
+                    f"{pct:.1f}",
+                    f"`{function}`",
+                    f"{mine[1]:.1f}" if mine else "",
+                    f"`{mine[0]}`" if mine else "",
+                ]
+            )
+        lines += _table(["self %", "function", "incl. %", "gateway function"], rows)
+        lines.append("")
+    return lines
 
 
 def write(

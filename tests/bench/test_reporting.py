@@ -127,11 +127,17 @@ class TestMarkdown:
             "scale": 1.0,
             "results": data,
             "profile": {
+                "_load": {"api": {"rps": 800.0, "errors": 0}},
                 "api": {
                     "samples": 10,
                     "svg": "x.svg",
-                    "top_self": [["handler (services/api/x.py)", 50.0]],
-                }
+                    "top_self": [
+                        ["run (stdlib/asyncio/runners.py)", 60.0],
+                        ["handler (services/api/x.py)", 40.0],
+                    ],
+                    "top_inclusive_own_code": [["handler (services/api/x.py)", 40.0]],
+                    "self_by_package": [["asyncio", 60.0], ["services/api", 40.0]],
+                },
             },
         }
         text = report.markdown(run, budgets.check(data))
@@ -142,7 +148,13 @@ class TestMarkdown:
         assert "| S3 | added TTFT p99 ≤ 15 ms | +20.00 ms | FAIL |" in text
         assert "ceiling 2,000 req/s on one core" in text  # 1e6 / 500 µs
         assert "100 (10% sys)" in text
-        assert "`handler (services/api/x.py)`" in text
+        assert (
+            "| 60.0 | `run (stdlib/asyncio/runners.py)` | 40.0 | `handler (services/api/x.py)` |"
+            in text
+        )
+        assert "| 40.0 | `handler (services/api/x.py)` |  |  |" in text
+        assert "Self time by package: asyncio 60%, services/api 40%." in text
+        assert "api pass 800.0 req/s" in text
 
 
 class TestProfileSummary:
