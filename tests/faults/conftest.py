@@ -7,7 +7,6 @@ some) and ends with the ledger audit (`settled_audit`).
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from tests.faults.servers import PgCluster, RedisServer, missing_requirements
 
 SERVICES = ("billing", "worker-1", "worker-2", "api")
 # Counts for the closing report (printed at the end of the session by test_zz_log_scan).
-TALLY: dict[str, int] = {"faults_injected": 0, "requests_during_faults": 0, "five_xx": 0}
+TALLY: dict[str, int] = {"faults_injected": 0, "requests_during_faults": 0, "errors_seen": 0}
 LOG_DIRS: list[Path] = []
 
 
@@ -35,9 +34,11 @@ def fault_servers() -> Iterator[tuple[PgCluster, RedisServer]]:
 
 
 @pytest.fixture(scope="session")
-def fault_stack_session(fault_servers: tuple[PgCluster, RedisServer]) -> Iterator[FaultStack]:
+def fault_stack_session(
+    fault_servers: tuple[PgCluster, RedisServer], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FaultStack]:
     pg, redis = fault_servers
-    log_dir = Path(tempfile.mkdtemp(prefix="gw-faults-logs-"))
+    log_dir = tmp_path_factory.mktemp("faults-logs")
     LOG_DIRS.append(log_dir)
     with fault_stack(pg, redis, workers=2, log_dir=log_dir) as stack:
         yield stack
@@ -69,4 +70,5 @@ async def settled_audit(fstack: FaultStack) -> AsyncIterator[list[Seen]]:
 def count_fault(requests: list[Seen]) -> None:
     TALLY["faults_injected"] += 1
     TALLY["requests_during_faults"] += len(requests)
-    TALLY["five_xx"] += sum(1 for s in requests if not s.ok and (s.status or 0) >= 500)
+    # Clean errors (503 and the like, in OpenAI's format) are expected while a fault lasts.
+    TALLY["errors_seen"] += sum(1 for s in requests if not s.ok)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,7 @@ class FaultStack:
             capture_output=True,
             text=True,
             timeout=60,
+            check=False,
         )
         assert done.returncode == 0, f"gateway {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
         return done.stdout
@@ -138,7 +140,7 @@ class FaultStack:
     def rss_bytes(self, name: str) -> int:
         """Resident memory of a service process, from /proc."""
         status = Path(f"/proc/{self.pid(name)}/status").read_text()
-        match = re.search(r"^VmRSS:\s+(\d+)\s+kB", status, re.M)
+        match = re.search(r"^VmRSS:\s+(\d+)\s+kB", status, re.MULTILINE)
         assert match, "no VmRSS line"
         return int(match[1]) * 1024
 
@@ -174,7 +176,7 @@ class FaultStack:
 
     def api_healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(self.api_url + "/health", timeout=5) as resp:  # noqa: S310
+            with urllib.request.urlopen(self.api_url + "/health", timeout=5) as resp:
                 return bool(resp.status == 200)
         except (OSError, urllib.error.HTTPError):
             return False
@@ -343,6 +345,7 @@ def fault_stack(
         yield stack
     finally:
         stack.stop_all()
+        shutil.rmtree(var_dir, ignore_errors=True)
 
 
 def _fill(text: str, fake_urls: list[str]) -> str:

@@ -19,16 +19,14 @@ from tests.faults.load import Mix, Seen, run_load
 pytestmark = pytest.mark.timeout(150)
 
 
-async def _usage_count(stack: FaultStack) -> int:
-    return int((await stack.query("SELECT count(*) FROM usage_records"))[0][0])
-
-
 async def test_kill_9_billing_mid_batch_then_restart(
     fstack: FaultStack, settled_audit: list[Seen]
 ) -> None:
-    """Events pile up while billing is down; billing starts, is SIGKILLed as soon as its
-    first batch commits, and restarts: every event is settled exactly once."""
-    _user, key = await fstack.funded_user("50")
+    """Events pile up while billing is down. Billing starts and reads a batch, whose
+    settlement waits on the wallet's row lock (held by the test, so the kill lands
+    mid-batch every time); it is SIGKILLed there and restarted: every event is settled
+    exactly once."""
+    user_id, key = await fstack.funded_user("50")
     fstack.kill("billing")
     report = await run_load(
         fstack.api_url,
@@ -39,31 +37,35 @@ async def test_kill_9_billing_mid_batch_then_restart(
     )
     settled_audit.extend(report.seen)
     assert all(s.ok for s in report.seen), report.statuses()
-    before = await _usage_count(fstack)
 
     redis = Redis.from_url(fstack.redis_url)
-    conn = await asyncpg.connect(fstack.pg_dsn)
-    count_sql = "SELECT count(*) FROM usage_records"
+    blocker = await asyncpg.connect(fstack.pg_dsn)
     try:
+        lock = blocker.transaction()
+        await lock.start()
+        await blocker.execute("SELECT 1 FROM wallets WHERE user_id = $1 FOR UPDATE", user_id)
         fstack.start_service("billing")
-        # Poll fast: kill once the first batch has committed, while entries are unacked.
-        for _ in range(20_000):
-            if await conn.fetchval(count_sql) > before:
+        for _ in range(200):
+            events = await stream_state(redis, keys.EVENTS_STREAM, keys.EVENTS_GROUP)
+            if events.pending:
                 break
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.05)
         fstack.kill("billing")
-        committed = await conn.fetchval(count_sql) - before
         events = await stream_state(redis, keys.EVENTS_STREAM, keys.EVENTS_GROUP)
+        await lock.rollback()
+        settled = await blocker.fetchval(
+            "SELECT count(*) FROM usage_records WHERE user_id = $1", user_id
+        )
     finally:
-        await conn.close()
+        await blocker.close()
         await redis.aclose()
     count_fault(report.seen)
     print(
-        f"kill -9 billing: {len(report.seen)} events, {committed} settled at the kill, "
-        f"{events.pending} read-but-unacked, {events.lag} unread"
+        f"kill -9 billing: {len(report.seen)} events, {settled} settled at the kill, "
+        f"{events.pending} read-but-unacked (the batch in hand), {events.lag} unread"
     )
-    assert 0 < committed < len(report.seen), "the kill did not land mid-run"
-    assert events.pending or events.lag, "nothing was left for the restarted billing"
+    assert settled == 0
+    assert events.pending > 0, "billing had no batch in hand when it was killed"
     fstack.start_service("billing")
     assert_clean_outcomes(report.seen)
     # The audit (fixture) then waits for billing to settle and checks exactly-once.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,11 +78,11 @@ class FuzzEnv:
 
 
 @pytest.fixture(scope="session")
-def fuzz_env() -> Iterator[FuzzEnv]:
+def fuzz_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzEnv]:
     reason = missing_requirements()
     if reason:
         pytest.skip(f"the fuzz suite needs its own servers: {reason}")
-    log_dir = Path(tempfile.mkdtemp(prefix="gw-fuzz-logs-"))
+    log_dir = tmp_path_factory.mktemp("fuzz-logs")
     LOG_DIRS.append(log_dir)
     signing_key = SigningKey.generate("RS256", "fuzz-rsa")
     state = JwksState(keys=[signing_key])

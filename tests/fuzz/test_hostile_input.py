@@ -26,9 +26,11 @@ async def test_refused_with_openai_error_and_no_state_change(fuzz_env: FuzzEnv, 
     if case.auth:
         headers["Authorization"] = f"Bearer {fuzz_env.key}"
     before = await snapshot(stack)
-    async with aiohttp.ClientSession() as http:
-        async with http.post(stack.api_url + case.path, data=case.body, headers=headers) as resp:
-            status, raw = resp.status, await resp.read()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(stack.api_url + case.path, data=case.body, headers=headers) as resp,
+    ):
+        status, raw = resp.status, await resp.read()
     count_inputs([status])
     assert 400 <= status < 500, f"{case.name}: {status} {raw[:300]!r}"
     if case.status is not None:

@@ -69,26 +69,9 @@ def test_schemathesis_against_openapi_json(fuzz_env: FuzzEnv, mode: GenerationMo
 
     for method, path, examples in BUDGET[mode]:
         operation = schema[path][method]
+        is_chat = (method, path) == ("POST", "/v1/chat/completions")
 
-        @settings(
-            max_examples=examples,
-            deadline=None,
-            database=None,
-            derandomize=True,
-            phases=[Phase.explicit, Phase.generate, Phase.shrink],
-            suppress_health_check=list(HealthCheck),
-        )
-        @given(case=operation.as_strategy(generation_mode=mode, headers=auth))
-        def run(case: Any) -> None:
-            response = case.call(base_url=stack.api_url, session=session, headers=auth)
-            statuses.append(response.status_code)
-            case.validate_response(response, checks=checks, headers=auth)
-            if response.status_code >= 400:
-                validate_openai("ErrorResponse", response.json())
-            if method == "POST" and path == "/v1/chat/completions":
-                assert 400 <= response.status_code < 500, (response.status_code, response.text)
-
-        run()
+        _run_operation(operation, mode, examples, stack.api_url, session, auth, checks, statuses, is_chat)
 
     session.close()
     count_inputs([s for s in statuses])
@@ -97,3 +80,37 @@ def test_schemathesis_against_openapi_json(fuzz_env: FuzzEnv, mode: GenerationMo
     assert len(statuses) >= 100
     assert not [s for s in statuses if s >= 500]
     assert asyncio.run(snapshot(stack)) == before
+
+
+def _run_operation(
+    operation: Any,
+    mode: GenerationMode,
+    examples: int,
+    base_url: str,
+    session: requests.Session,
+    auth: dict[str, str],
+    checks: list[Any],
+    statuses: list[int],
+    is_chat: bool,
+) -> None:
+    """`examples` generated cases for one operation; every answer checked."""
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=mode, headers=auth))
+    def run(case: Any) -> None:
+        response = case.call(base_url=base_url, session=session, headers=auth)
+        statuses.append(response.status_code)
+        case.validate_response(response, checks=checks, headers=auth)
+        if response.status_code >= 400:
+            validate_openai("ErrorResponse", response.json())
+        if is_chat:
+            assert 400 <= response.status_code < 500, (response.status_code, response.text)
+
+    run()
