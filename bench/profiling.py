@@ -18,6 +18,21 @@ from typing import Any
 
 from bench.procs import pinned
 
+# Frames every sample passes through (process start, the service's main loop): ranking
+# them tells nothing.
+ENTRY_POINTS = (
+    "<module> (",
+    "main (",
+    "cmd_run (",
+    "run_service (",
+    "_run_until_signal (",
+    "run_api (",
+    "run_worker (",
+    "run_billing (",
+    "Worker.run (",
+    "BillingConsumer.run (",
+)
+
 
 def py_spy() -> str | None:
     here = Path(sys.executable).parent / "py-spy"
@@ -143,7 +158,10 @@ def summarise(collapsed: str, top: int = 25) -> dict[str, Any]:
         return ranked[:top]
 
     def is_own(function: str) -> bool:
-        return "(services/" in function or "(shared/" in function
+        mine = "(services/" in function or "(shared/" in function
+        return (
+            mine and not function.startswith(ENTRY_POINTS) and "(services/cli.py)" not in function
+        )
 
     return {
         "samples": total,
