@@ -1,9 +1,9 @@
 """Try candidates in order until one succeeds.
 
-- A technical failure (`RetryableProviderError`) may be retried on the same provider
-  with jittered backoff or the provider's own `Retry-After`, when the wait fits the
-  request's deadline (long waits only on the last candidate), then moves on to the next
-  candidate, as long as nothing has reached the client.
+- A technical failure (`RetryableProviderError`) moves on to the next candidate at once,
+  as long as nothing has reached the client (another provider now beats the same one
+  later). The last candidate is retried with jittered backoff or the provider's own
+  `Retry-After` / `retryDelay`, when the wait fits the request's deadline.
 - A business failure (`FinalProviderError`) ends the request at once.
 - Circuit breakers skip providers that keep failing; every try is recorded as an
   `Attempt` for the completion event (which alerts and statistics read).
@@ -32,8 +32,9 @@ class RetryPolicy:
     max_retries: int = 1  # extra tries on the same provider
     backoff_base_s: float = 0.25
     backoff_cap_s: float = 2.0
-    # With other candidates left, wait at most this long before retrying the same one.
-    quick_retry_s: float = 1.0
+    # With other candidates left, wait at most this long before retrying the same one
+    # (0: never; fall back at once).
+    quick_retry_s: float = 0.0
     hint_cap_s: float = 30.0
 
     def delay_s(self, exc: RetryableProviderError, retry: int) -> float:

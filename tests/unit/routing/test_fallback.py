@@ -54,15 +54,24 @@ def boom(status: int = 500, retry_after: float | None = None) -> RetryableProvid
 
 
 class TestFirstSuccess:
-    async def test_retries_once_then_falls_back(self) -> None:
+    async def test_falls_back_at_once_and_retries_only_the_last_candidate(self) -> None:
         calls: list[str] = []
         attempts: list[Attempt] = []
         await first_success(
-            TARGETS, script({"a": [boom(), boom()], "b": [None], "c": []}, calls),
+            TARGETS, script({"a": [boom()], "b": [boom()], "c": [boom(), None]}, calls),
             attempts=attempts, can_fall_back=lambda: True, deadline_ms=deadline(), retry=FAST,
         )  # fmt: skip
-        assert calls == ["a", "a", "b"]
-        assert [a.outcome for a in attempts] == ["technical", "technical", "ok"]
+        assert calls == ["a", "b", "c", "c"]
+        assert [a.outcome for a in attempts] == ["technical"] * 3 + ["ok"]
+
+    async def test_quick_retry_on_the_same_provider_when_configured(self) -> None:
+        calls: list[str] = []
+        policy = RetryPolicy(max_retries=1, backoff_base_s=0.001, quick_retry_s=1.0)
+        await first_success(
+            TARGETS, script({"a": [boom(), None], "b": [], "c": []}, calls),
+            attempts=[], can_fall_back=lambda: True, deadline_ms=deadline(), retry=policy,
+        )  # fmt: skip
+        assert calls == ["a", "a"]
 
     async def test_long_retry_after_skips_to_next_candidate(self) -> None:
         calls: list[str] = []
@@ -110,12 +119,13 @@ class TestFirstSuccess:
         circuits = Circuits(redis, CircuitPolicy(failure_threshold=2, cooldown_ms=60_000))
         calls: list[str] = []
         attempts: list[Attempt] = []
-        await first_success(
-            TARGETS, script({"a": [boom(), boom()], "b": [None], "c": []}, calls),
-            attempts=attempts, can_fall_back=lambda: True, deadline_ms=deadline(),
-            circuits=circuits, retry=FAST,
-        )  # fmt: skip
-        assert attempts[1].circuit_opened  # the second failure opened a's circuit
+        for _ in range(2):
+            await first_success(
+                TARGETS, script({"a": [boom()], "b": [None], "c": []}, calls),
+                attempts=attempts, can_fall_back=lambda: True, deadline_ms=deadline(),
+                circuits=circuits, retry=FAST,
+            )  # fmt: skip
+        assert attempts[2].circuit_opened  # the second failure opened a's circuit
         calls.clear()
         await circuits.refresh([(t.name, t.model_id) for t in TARGETS])
         await first_success(
