@@ -308,7 +308,7 @@ def markdown(run: dict[str, Any], verdicts: list[Verdict]) -> str:
             rows.append(
                 [
                     "S7 bad keys alone, 32 conns",
-                    "401/s; CPU per refusal",
+                    "refusals/s (401/429); CPU per refusal",
                     "",
                     f"{alone['rps']:,.0f}",
                     f"api {per.get('api', 0):,.0f} µs, postgres {per.get('postgres', 0):,.0f} µs",

@@ -3,7 +3,7 @@
 // Reads a JSON spec on stdin, prints one JSON result on stdout. Modes:
 //
 //   closed  `connections` loops, each sends the next request when the last one ended
-//           (`random_key`: each with a new invalid key; `expect_status`: e.g. 401).
+//           (`random_key`: each with a new invalid key; `expect_status`: e.g. [401, 429]).
 //   open    requests start on a fixed schedule (`rate` per second) whatever the answers
 //           do; latency is measured from each request's *intended* start, so a stall
 //           is charged to every request it delayed (no coordinated omission). With
@@ -113,9 +113,9 @@ function request(opts, payload, timeoutMs, onDone, onData = null, keepBody = tru
   return req;
 }
 
-// `expect_status`: the status every answer should have (default: a 200 completion).
+// `expect_status`: the statuses every answer should have (default: a 200 completion).
 function okAnswer(spec, status, body) {
-  if (spec.expect_status) return status === spec.expect_status;
+  if (spec.expect_status) return spec.expect_status.includes(status);
   return status === 200 && body !== null && body.includes('"chat.completion"') && body.includes('"choices"');
 }
 

@@ -131,6 +131,19 @@ class TestLoadGenerator:
         assert result["completed"] == 0 and result["errors"] > 0
         assert result["first_error"].startswith("500")
 
+    def test_random_invalid_keys_with_an_expected_refusal(self, fake_url: str) -> None:
+        result = run(
+            fake_url,
+            mode="closed",
+            body=chat_body("hi"),
+            connections=2,
+            duration_s=0.3,
+            random_key=True,
+            expect_status=[401, 429],
+        )
+        assert result["completed"] > 0 and result["errors"] == 0
+        assert set(result["statuses"]) == {"401"}
+
     def test_open_loop_sends_on_schedule(self, fake_url: str) -> None:
         bodies = [chat_body("[[fake:chunks=1]] a"), chat_body("[[fake:chunks=2]] b")]
         result = run(fake_url, mode="open", bodies=bodies, rate=40, duration_s=0.5, warmup_s=0.1)
