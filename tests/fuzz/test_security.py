@@ -218,14 +218,13 @@ async def test_bad_key_flood_never_reaches_the_queue(fuzz_env: FuzzEnv) -> None:
     statuses: list[int] = []
 
     async def one(http: aiohttp.ClientSession, key: str) -> None:
-        async with sem:
-            async with http.post(
-                stack.api_url + "/v1/chat/completions",
-                data=orjson.dumps(CHAT),
-                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-            ) as resp:
-                statuses.append(resp.status)
-                validate_openai("ErrorResponse", orjson.loads(await resp.read()))
+        async with sem, http.post(
+            stack.api_url + "/v1/chat/completions",
+            data=orjson.dumps(CHAT),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        ) as resp:
+            statuses.append(resp.status)
+            validate_openai("ErrorResponse", orjson.loads(await resp.read()))
 
     async with aiohttp.ClientSession() as http:
         await asyncio.gather(*(one(http, key) for key in keys))
