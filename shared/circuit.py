@@ -1,6 +1,6 @@
 """Circuit breakers per provider and model, shared by every worker through Redis.
 
-    closed ──(N consecutive technical failures)──► open
+    closed ──(N consecutive technical failures, and mostly failures lately)──► open
     open ──(cooldown passed; one worker wins the probe lock)──► half_open
     half_open ──(probe succeeds)──► closed      half_open ──(probe fails)──► open
 
@@ -37,6 +37,9 @@ class CircuitPolicy:
     failure_threshold: int = 5
     cooldown_ms: int = 30_000
     probe_lock_ms: int = 60_000
+    # Opening also needs this share of failures among the provider's recent samples.
+    recent_samples: int = 20
+    failure_share: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +120,13 @@ class Circuits:
         """Returns True when this failure opened the circuit."""
         now = int(time.time() * 1000)
         opened = await self._failure(
-            keys=self._keys(provider, model), args=[self.policy.failure_threshold, now]
+            keys=[*self._keys(provider, model), keys.provider_stats(provider, model)],
+            args=[
+                self.policy.failure_threshold,
+                now,
+                self.policy.recent_samples,
+                self.policy.failure_share,
+            ],
         )
         if opened:
             self.snapshot[(provider, model)] = CircuitView(CircuitState.OPEN, 0, now)

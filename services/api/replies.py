@@ -31,6 +31,11 @@ log = structlog.get_logger("api.replies")
 # None means "the subscription broke; frames may be lost".
 FrameQueue = asyncio.Queue[ReplyFrame | None]
 
+# Frames waiting for one client. A client that reads slower than its provider writes
+# stops being fed here: later frames are dropped, its reader sees the sequence gap and
+# ends the request (and the upstream call), so api memory stays bounded.
+MAX_UNREAD_FRAMES = 2048
+
 
 class ChannelHandler(Protocol):
     def handle(self, data: bytes) -> None:
@@ -56,7 +61,7 @@ class ReplyHub:
         self.ready = asyncio.Event()
 
     def register(self, request_id: str) -> FrameQueue:
-        queue: FrameQueue = asyncio.Queue()
+        queue: FrameQueue = asyncio.Queue(MAX_UNREAD_FRAMES)
         self._waiting[request_id] = queue
         return queue
 
@@ -100,7 +105,7 @@ class ReplyHub:
                 self.ready.clear()
                 log.warning("reply_subscription_lost", error=str(exc), waiting=len(self._waiting))
                 for queue in self._waiting.values():
-                    queue.put_nowait(None)
+                    _offer(queue, None)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 2.0)
             finally:
@@ -115,4 +120,11 @@ class ReplyHub:
             return
         queue = self._waiting.get(frame.request_id)
         if queue is not None:
-            queue.put_nowait(frame)
+            _offer(queue, frame)
+
+
+def _offer(queue: FrameQueue, item: ReplyFrame | None) -> None:
+    try:
+        queue.put_nowait(item)
+    except asyncio.QueueFull:
+        pass  # the reader finds the gap when it catches up, and ends the request

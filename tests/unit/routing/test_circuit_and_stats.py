@@ -86,3 +86,21 @@ async def test_probe_due_after_cooldown(redis: FakeAsyncRedis) -> None:
     assert not c.probe_due("p", "m", now_ms=opened + 10)
     assert c.probe_due("p", "m", now_ms=opened + 1000)
     assert not c.probe_due("q", "m")
+
+
+async def test_poisoned_requests_do_not_open_a_healthy_providers_circuit(redis: FakeAsyncRedis) -> None:
+    """Failures that come with mostly successful recent attempts keep the circuit closed."""
+    c = Circuits(redis, CircuitPolicy(failure_threshold=3, cooldown_ms=60_000, recent_samples=20))
+    async with redis.pipeline() as pipe:
+        for i in range(20):
+            add_sample(pipe, "p", "m", Sample(1, i % 10 != 0, 5))  # 10% failures lately
+        await pipe.execute()
+    for _ in range(5):
+        assert not await c.record_failure("p", "m")
+    assert (await c.read([("p", "m")]))[("p", "m")].state is CircuitState.CLOSED
+
+    async with redis.pipeline() as pipe:
+        for _ in range(20):
+            add_sample(pipe, "p", "m", Sample(2, False, 5))  # now it really is failing
+        await pipe.execute()
+    assert await c.record_failure("p", "m")
