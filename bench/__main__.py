@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -61,6 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the gateway tree to benchmark, e.g. an exported commit (this checkout)",
     )
     parser.add_argument("--log-level", default="info", help="the services' LOG_LEVEL (info)")
+    parser.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep the services' logs (~100 MB a run) in the run directory",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a budget fails")
     return parser.parse_args(argv)
 
@@ -130,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = Scale(args.scale)
     results: dict[str, Any] = {}
     profile: dict[str, Any] = {}
-    say(f"run directory (service logs): {run_dir}")
+    say(f"run directory (service logs, removed at the end unless --keep-logs): {run_dir}")
     try:
         with Stack(options, run_dir) as stack:
             say(f"stack up: {stack.describe()['database']}; {stack.pinning.describe()}")
@@ -172,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     json_path, md_path = report.write(args.out, stamp, run, verdicts)
     print(md_path.read_text())
     say(f"results: {json_path} and {md_path}")
+    if args.keep_logs:
+        say(f"service logs kept in {run_dir}")
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
     failed = [v for v in verdicts if v.passed is False]
     met = sum(1 for v in verdicts if v.passed)
     unmeasured = sum(1 for v in verdicts if v.passed is None)
