@@ -15,15 +15,14 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.redis import keys
+from shared.redis.scripts import LuaScript
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-_LUA = Path(__file__).with_name("redis") / "lua"
 
 
 class CircuitState(StrEnum):
@@ -71,9 +70,9 @@ class Circuits:
     def __init__(self, redis: Redis, policy: CircuitPolicy | None = None) -> None:
         self.redis = redis
         self.policy = policy or CircuitPolicy()
-        self._failure = redis.register_script((_LUA / "circuit_failure.lua").read_text())
-        self._success = redis.register_script((_LUA / "circuit_success.lua").read_text())
-        self._acquire = redis.register_script((_LUA / "circuit_acquire.lua").read_text())
+        self._failure = LuaScript.named(redis, "circuit_failure")
+        self._success = LuaScript.named(redis, "circuit_success")
+        self._acquire = LuaScript.named(redis, "circuit_acquire")
         self.snapshot: dict[tuple[str, str], CircuitView] = {}
 
     def _keys(self, provider: str, model: str) -> list[str]:
@@ -130,6 +129,11 @@ class Circuits:
         )
         if opened:
             self.snapshot[(provider, model)] = CircuitView(CircuitState.OPEN, 0, now)
+        else:
+            # Remember the failure locally, so the next success resets the count in Redis
+            # instead of assuming (from a stale snapshot) there is nothing to reset.
+            view = self.snapshot.get((provider, model), CLOSED)
+            self.snapshot[(provider, model)] = CircuitView(view.state, view.failures + 1, view.opened_ms)
         return bool(opened)
 
     async def record_success(self, provider: str, model: str) -> bool:

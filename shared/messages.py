@@ -47,7 +47,7 @@ class Job:
     routing: dict[str, Any] | None = None
 
     def encode_meta(self) -> bytes:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "body"}
+        data = {name: getattr(self, name) for name in _JOB_META_FIELDS}
         data["v"] = self.VERSION
         return orjson.dumps(data)
 
@@ -63,6 +63,10 @@ class Job:
             return cls(**meta, body=entry.get(b"b", b""))
         except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
             raise MessageError(f"bad job: {exc}") from exc
+
+
+# Computed once: dataclasses.fields() per job showed in profiles.
+_JOB_META_FIELDS = tuple(f.name for f in fields(Job) if f.name != "body")
 
 
 class FrameKind(StrEnum):
@@ -156,6 +160,10 @@ class Attempt:
     circuit_opened: bool = False  # this failure opened the provider's circuit
 
 
+# Below this, a generation rate is noise rather than a measurement.
+MIN_GENERATION_MS = 50
+
+
 class Outcome(StrEnum):
     OK = "ok"
     ERROR = "error"
@@ -188,9 +196,22 @@ class CompletionEvent:
     finished_ms: int = 0
 
     def encode(self) -> bytes:
-        data = asdict(self)
-        data["v"] = self.VERSION
-        return orjson.dumps(data)
+        # orjson serialises dataclasses (nested ones, enums, tuples) natively: no asdict().
+        return b'{"v":%d,' % self.VERSION + orjson.dumps(self)[1:]
+
+    def tokens_per_second(self) -> float | None:
+        """Completion tokens per second of generation, when that is meaningful.
+
+        Generation time is the call's duration minus the wait for the first content chunk
+        when that is known (streaming), else the whole duration.
+        """
+        tokens = self.usage.completion_tokens
+        generation_ms = self.duration_ms
+        if self.ttfc_ms is not None and self.duration_ms > self.ttfc_ms:
+            generation_ms = self.duration_ms - self.ttfc_ms
+        if tokens <= 0 or generation_ms < MIN_GENERATION_MS:
+            return None
+        return round(tokens * 1000 / generation_ms, 2)
 
     @classmethod
     def decode(cls, raw: bytes) -> Self:

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from shared.db.repositories.usage import tokens_per_second
 from shared.messages import CompletionEvent
 from shared.metrics import (
     Children,
@@ -143,7 +142,7 @@ class WorkerMetrics:
         if event.ttfc_ms is not None:
             self.ttfc(model, provider).observe(event.ttfc_ms / 1000)
         self.queue_wait.observe(event.queue_wait_ms / 1000)
-        rate = tokens_per_second(event)
+        rate = event.tokens_per_second()
         if rate is not None:
             self.tokens_per_s(model, provider).observe(rate)
         usage = event.usage

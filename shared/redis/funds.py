@@ -11,23 +11,18 @@ keeps a slow cache fill from writing back a balance read before a settlement.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.redis import keys
+from shared.redis.scripts import LuaScript
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
 
-_LUA = Path(__file__).with_name("lua")
-
-
-def _source(name: str) -> str:
-    return (_LUA / f"{name}.lua").read_text()
 
 
 class AdmitStatus(StrEnum):
@@ -61,7 +56,11 @@ class AdmitResult:
 
 def utc_month(now: datetime | None = None) -> str:
     """The calendar month (UTC) that spend counters are kept by, as YYYYMM."""
-    return f"{(now or datetime.now(UTC)):%Y%m}"
+    if now is not None:
+        return f"{now:%Y%m}"
+    # Per request, a datetime and a format showed in profiles; gmtime is enough.
+    t = time.gmtime()
+    return f"{t.tm_year:04d}{t.tm_mon:02d}"
 
 
 class Funds:
@@ -69,11 +68,11 @@ class Funds:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._admit: AsyncScript = redis.register_script(_source("admit"))
-        self._fill: AsyncScript = redis.register_script(_source("fill_balance"))
-        self._release: AsyncScript = redis.register_script(_source("release_hold"))
-        self._fill_spend: AsyncScript = redis.register_script(_source("fill_key_spend"))
-        self._peek: AsyncScript = redis.register_script(_source("rate_peek"))
+        self._admit = LuaScript.named(redis, "admit")
+        self._fill = LuaScript.named(redis, "fill_balance")
+        self._release = LuaScript.named(redis, "release_hold")
+        self._fill_spend = LuaScript.named(redis, "fill_key_spend")
+        self._peek = LuaScript.named(redis, "rate_peek")
 
     async def admit(
         self,

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.redis import keys
+from shared.redis.scripts import LuaScript
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
 
 _SCRIPT = Path(__file__).with_name("lua") / "drop_holds.lua"
 _HOLDS_PREFIX = keys.holds("")
@@ -55,7 +55,7 @@ class HoldStore:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._drop: AsyncScript = redis.register_script(_SCRIPT.read_text())
+        self._drop = LuaScript(redis, _SCRIPT.read_text())
 
     async def users_with_holds(self) -> AsyncIterator[str]:
         """Every user that has a holds hash (SCAN: never blocks Redis)."""

@@ -19,22 +19,10 @@ from shared.db.repositories._dialect import insert_or_ignore
 from shared.messages import CompletionEvent, Outcome
 
 # Below this, one chunk's timing noise dominates and the rate means nothing.
-_MIN_GENERATION_MS = 50
 
 
 def tokens_per_second(event: CompletionEvent) -> float | None:
-    """Completion tokens per second of generation, when that is meaningful.
-
-    Generation time is the call's duration minus the wait for the first content chunk
-    when that is known (streaming), else the whole duration.
-    """
-    tokens = event.usage.completion_tokens
-    generation_ms = event.duration_ms
-    if event.ttfc_ms is not None and event.duration_ms > event.ttfc_ms:
-        generation_ms = event.duration_ms - event.ttfc_ms
-    if tokens <= 0 or generation_ms < _MIN_GENERATION_MS:
-        return None
-    return round(tokens * 1000 / generation_ms, 2)
+    return event.tokens_per_second()
 
 
 def usage_values(event: CompletionEvent) -> dict[str, Any]:
