@@ -20,6 +20,7 @@ from services.worker import upstream
 from services.worker.fallback import RetryPolicy, first_success
 from services.worker.media import AddressPolicy, MediaFetcher
 from services.worker.providers.base import ChatRequest, ProviderAdapter, Target
+from services.worker.outbox import Outbox
 from services.worker.publish import ReplyPublisher
 from services.worker.routing import ProviderAccess, ProviderPrefs, plan
 from shared.capabilities import required_capabilities
@@ -59,6 +60,8 @@ class WorkerDeps:
     # Adapter instances by the catalog's adapter name (built-in and custom).
     adapters: Mapping[str, ProviderAdapter]
     circuits: Circuits | None = None
+    # Sends the Redis commands of all jobs together (None: straight to Redis, in tests).
+    outbox: Outbox | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # Live statistics snapshot, refreshed in the background by the worker process.
     stats: Mapping[tuple[str, str], TargetStats] = field(default_factory=dict)
@@ -102,8 +105,14 @@ async def execute(
 ) -> CompletionEvent:
     """Run a job to its end. `cancel` is set when the client went away."""
     state = JobState(started_ms=now_ms())
+    # A client that went away (cancel message, or nobody subscribed to its reply
+    # channel any more) ends the job the same way: through `cancel`.
     publisher = ReplyPublisher(
-        deps.redis, keys.reply_channel(job.reply_to), job.request_id, generation
+        deps.outbox or deps.redis,
+        keys.reply_channel(job.reply_to),
+        job.request_id,
+        generation,
+        gone=cancel,
     )
     remaining_s = (job.deadline_ms - state.started_ms) / 1000
     outcome = Outcome.OK
@@ -114,14 +123,12 @@ async def execute(
 
     work = asyncio.create_task(_serve(deps, job, state, publisher))
     cancelled = asyncio.create_task(cancel.wait())
-    gone = asyncio.create_task(publisher.listener_gone.wait())
     try:
         done, _ = await asyncio.wait(
-            {work, cancelled, gone}, timeout=remaining_s, return_when=asyncio.FIRST_COMPLETED
+            {work, cancelled}, timeout=remaining_s, return_when=asyncio.FIRST_COMPLETED
         )
     finally:
         cancelled.cancel()
-        gone.cancel()
 
     if work in done:
         exc = work.exception()
@@ -137,7 +144,7 @@ async def execute(
         except BaseException:  # noqa: BLE001 - we only need the task finished
             pass
         await publisher.abandon()
-        if cancel.is_set() or publisher.listener_gone.is_set():
+        if cancel.is_set():
             outcome = Outcome.CANCELLED
             log.info("job_cancelled", request_id=job.request_id, reason="client_gone")
         else:

@@ -18,6 +18,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import structlog
@@ -30,6 +31,7 @@ from services.worker import upstream
 from services.worker.alerts import AlertSender
 from services.worker.fallback import RetryPolicy
 from services.worker.job import WorkerDeps, execute
+from services.worker.outbox import Outbox
 from services.worker.metrics import WorkerMetrics, serve_worker_metrics
 from services.worker.providers import resolve_adapters
 from services.worker.routing import provider_access
@@ -76,6 +78,7 @@ class Worker:
         self.health_refresh_s = health_refresh_s
         self.alerts = alerts
         self.metrics = metrics
+        self.outbox = deps.outbox or Outbox(deps.redis)
         self.running: dict[bytes, Running] = {}
         self._slot_freed = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -203,20 +206,25 @@ class Worker:
         return any(count > 0 for _name, count in counts)
 
     async def _finish(self, entry_id: bytes, event: CompletionEvent) -> None:
+        encoded = event.encode()
+        samples = _samples(event)
+
+        def build(pipe: Any) -> None:
+            pipe.xadd(
+                keys.EVENTS_STREAM,
+                {"e": encoded},
+                maxlen=keys.EVENTS_STREAM_MAXLEN,
+                approximate=True,
+            )
+            pipe.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
+            for provider, model, sample in samples:
+                add_sample(pipe, provider, model, sample)
+
         backoff_s = 0.2
         while True:
             try:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.xadd(
-                        keys.EVENTS_STREAM,
-                        {"e": event.encode()},
-                        maxlen=keys.EVENTS_STREAM_MAXLEN,
-                        approximate=True,
-                    )
-                    pipe.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
-                    for provider, model, sample in _samples(event):
-                        add_sample(pipe, provider, model, sample)
-                    await pipe.execute()
+                # With the jobs that finish in the same tick, in one MULTI/EXEC.
+                await self.outbox.submit(build)
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 # Billing must hear about every finished job: keep trying while Redis is away.
@@ -360,6 +368,7 @@ async def run_worker(settings: Settings, redis_url: str, stop: asyncio.Event) ->
             idle_s=settings.upstream_idle_timeout_s,
         ),
         adapters=adapters,
+        outbox=Outbox(redis),
         circuits=Circuits(
             redis,
             CircuitPolicy(

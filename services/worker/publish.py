@@ -2,23 +2,33 @@
 
 At most one PUBLISH per job is in flight; chunks that arrive meanwhile are coalesced
 into the next frame, so a fast upstream costs one Redis round trip per batch, never
-one per token. PUBLISH answers how many subscribers received the frame: zero means
-the api process that owned the request is gone, and the job should stop.
+one per token (and the worker's `Outbox` sends the frames of all its jobs together).
+PUBLISH answers how many subscribers received the frame: zero means the api process
+that owned the request is gone, and `gone` is set so the job stops.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from shared.messages import FrameKind, ReplyFrame
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
+
+class Publisher(Protocol):
+    async def publish(self, channel: str, data: bytes) -> Any: ...
 
 
 class ReplyPublisher:
-    def __init__(self, redis: Redis, channel: str, request_id: str, generation: int = 1) -> None:
+    def __init__(
+        self,
+        redis: Publisher,
+        channel: str,
+        request_id: str,
+        generation: int = 1,
+        *,
+        gone: asyncio.Event | None = None,
+    ) -> None:
         self._redis = redis
         self._channel = channel
         self._request_id = request_id
@@ -28,7 +38,7 @@ class ReplyPublisher:
         self._pump_task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         self._next_meta: dict[str, Any] | None = None
-        self.listener_gone = asyncio.Event()
+        self.listener_gone = gone if gone is not None else asyncio.Event()
         self.frames_sent = 0
 
     def push(self, data: bytes, meta: dict[str, Any] | None = None) -> None:

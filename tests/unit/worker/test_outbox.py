@@ -1,0 +1,42 @@
+"""The outbox sends the commands of many jobs in one pipeline and hands each its results."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from fakeredis import FakeAsyncRedis
+
+from services.worker.outbox import Outbox
+
+
+class CountingRedis(FakeAsyncRedis):
+    pipelines = 0
+
+    def pipeline(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        CountingRedis.pipelines += 1
+        return super().pipeline(*args, **kwargs)
+
+
+async def test_commands_of_one_tick_share_a_pipeline_and_get_their_own_results() -> None:
+    redis = CountingRedis()
+    outbox = Outbox(redis)
+    CountingRedis.pipelines = 0
+    pushes = [outbox.submit(lambda pipe, i=i: (pipe.rpush("l", i), pipe.llen("l"))) for i in range(50)]
+    results = await asyncio.gather(*pushes)
+    assert CountingRedis.pipelines == 1
+    assert [r[1] for r in results] == list(range(1, 51))  # in submission order
+    assert await outbox.publish("nobody-listens", b"x") == 0
+    await redis.aclose()
+
+
+async def test_a_failing_command_fails_only_its_own_submitter() -> None:
+    redis = FakeAsyncRedis()
+    await redis.set("s", "string")
+    outbox = Outbox(redis)
+    good = outbox.submit(lambda pipe: pipe.incr("n"))
+    bad = outbox.submit(lambda pipe: pipe.lpush("s", 1))  # wrong type
+    assert await good == [1]
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        await bad
+    await redis.aclose()
