@@ -1,14 +1,15 @@
 """Exact money: integer nano-dollars (1 USD = 10**9 nUSD), never floats.
 
 Prices in the catalog are decimal strings in USD per million tokens. One token at
-$X per million costs X * 1000 nUSD, so prices with up to three decimals are
-integers per token; finer prices stay Decimal until the total is rounded once,
-half-up, to a whole nano-dollar.
+$X per million costs X * 1000 nUSD. A cost is the exact sum over token kinds, rounded
+once, half-up, to a whole nano-dollar. It is computed in integers (prices scaled by
+10**9, so any price with up to nine decimals is exact), with a Decimal fallback for
+finer prices: the hot path never does Decimal arithmetic.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
 NUSD_PER_USD = 10**9
@@ -44,6 +45,17 @@ def format_usd_compact(amount_nusd: int) -> str:
     return "0" if text in ("", "-0") else text
 
 
+# Prices scaled by this are integers when they have at most nine decimals.
+_PRICE_SCALE = 10**9
+# scaled price x tokens / _SCALED_PER_NUSD = nUSD  (10**9 / 10**6 tokens * 10**9 / 10**9)
+_SCALED_PER_NUSD = _PRICE_SCALE * _TOKENS_PER_PRICE_UNIT // NUSD_PER_USD
+
+
+def _scaled(price: Decimal) -> int | None:
+    scaled = price * _PRICE_SCALE
+    return int(scaled) if scaled == scaled.to_integral_value() else None
+
+
 @dataclass(frozen=True, slots=True)
 class Price:
     """USD per million tokens, as exact decimals."""
@@ -51,6 +63,17 @@ class Price:
     input_per_mtok: Decimal
     output_per_mtok: Decimal
     cached_input_per_mtok: Decimal | None = None
+    _scaled: tuple[int, int, int] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        cached = self.cached_input_per_mtok
+        parts = (
+            _scaled(self.input_per_mtok),
+            _scaled(self.output_per_mtok),
+            _scaled(cached if cached is not None else self.input_per_mtok),
+        )
+        ints = None if None in parts else (parts[0], parts[1], parts[2])
+        object.__setattr__(self, "_scaled", ints)
 
     def cost_nusd(
         self,
@@ -60,6 +83,11 @@ class Price:
     ) -> int:
         """Cost of one call. `prompt_tokens` includes `cached_tokens`; reasoning is in completion."""
         cached = min(max(cached_tokens, 0), prompt_tokens)
+        if self._scaled is not None:
+            p_in, p_out, p_cached = self._scaled
+            total = p_in * (prompt_tokens - cached) + p_cached * cached + p_out * completion_tokens
+            whole, rest = divmod(total, _SCALED_PER_NUSD)
+            return whole + (1 if 2 * rest >= _SCALED_PER_NUSD else 0)
         cached_price = (
             self.cached_input_per_mtok
             if self.cached_input_per_mtok is not None

@@ -20,10 +20,10 @@ from shared.redis import keys
 if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
 
+# Lists are capped, one per catalog (provider, model): bounded without a TTL; samples
+# older than the window are ignored when read.
 MAX_SAMPLES = 500
 WINDOW_MS = 15 * 60_000
-# Samples older than this disappear even if no new attempt pushes them out.
-SAMPLES_TTL_S = 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +62,6 @@ def add_sample(pipe: Pipeline, provider: str, model: str, sample: Sample) -> Non
     key = keys.provider_stats(provider, model)
     pipe.lpush(key, sample.encode())
     pipe.ltrim(key, 0, MAX_SAMPLES - 1)
-    pipe.expire(key, SAMPLES_TTL_S)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:

@@ -39,6 +39,7 @@ from services.billing.metrics import BillingMetrics
 from services.billing.settle import settle, settle_batch
 from shared.messages import CompletionEvent, MessageError
 from shared.redis import keys
+from shared.redis.funds import HoldRelease
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -46,12 +47,10 @@ if TYPE_CHECKING:
     from shared.redis.funds import Funds
     from shared.settings import Settings
 
-# TODO(keys.py): move beside EVENTS_STREAM; kept here until the owner of keys.py does.
-DEAD_LETTER_STREAM = "gw:events:dead"
+DEAD_LETTER_STREAM = keys.EVENTS_DEAD_LETTER_STREAM
 DEAD_LETTER_MAXLEN = 100_000
 # The stream field the worker writes the encoded CompletionEvent into.
 EVENT_FIELD = b"e"
-_RELEASE_CONCURRENCY = 32
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -362,20 +361,10 @@ class BillingConsumer:
             raise
 
     async def _release_holds(self, events: Sequence[CompletionEvent]) -> None:
-        """Release holds (and count the key's spend) a few at a time: one round trip's
-        latency per group rather than per event."""
-        for start in range(0, len(events), _RELEASE_CONCURRENCY):
-            await asyncio.gather(
-                *(
-                    self.funds.release_hold(
-                        user_id=e.user_id,
-                        request_id=e.request_id,
-                        debit_nusd=e.cost_nusd,
-                        key_id=e.key_id,
-                    )
-                    for e in events[start : start + _RELEASE_CONCURRENCY]
-                )
-            )
+        """Release holds (and count the keys' spend) of a batch in one pipelined round trip."""
+        await self.funds.release_holds(
+            [HoldRelease(e.user_id, e.request_id, e.cost_nusd, e.key_id) for e in events]
+        )
 
     async def _handle(
         self, entry_id: bytes, fields: dict[bytes, bytes], event: CompletionEvent

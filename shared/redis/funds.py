@@ -63,6 +63,28 @@ def utc_month(now: datetime | None = None) -> str:
     return f"{t.tm_year:04d}{t.tm_mon:02d}"
 
 
+@dataclass(frozen=True, slots=True)
+class HoldRelease:
+    user_id: str
+    request_id: str
+    debit_nusd: int
+    key_id: str | None = None
+
+
+def _release_call(
+    user_id: str, request_id: str, debit_nusd: int, key_id: str | None, month: str
+) -> tuple[list[str], list[Any]]:
+    release_keys = [
+        keys.holds(user_id),
+        keys.held_total(user_id),
+        keys.balance(user_id),
+        keys.balance_version(user_id),
+    ]
+    if key_id:
+        release_keys.append(keys.key_spend(key_id, month))
+    return release_keys, [request_id, debit_nusd]
+
+
 class Funds:
     """The scripts, registered once per Redis client (EVALSHA with automatic reload)."""
 
@@ -185,16 +207,17 @@ class Funds:
         (when the counter is cached; a missing one is refilled from the database).
         Returns the amount that was held, or -1 if the hold was already gone.
         """
-        release_keys = [
-            keys.holds(user_id),
-            keys.held_total(user_id),
-            keys.balance(user_id),
-            keys.balance_version(user_id),
-        ]
-        if key_id:
-            release_keys.append(keys.key_spend(key_id, utc_month()))
-        released = await self._release(keys=release_keys, args=[request_id, debit_nusd])
+        call = _release_call(user_id, request_id, debit_nusd, key_id, utc_month())
+        released = await self._release(keys=call[0], args=call[1])
         return int(released)
+
+    async def release_holds(self, releases: Sequence[HoldRelease]) -> list[int]:
+        """`release_hold` for many requests in one pipelined round trip (billing's batches)."""
+        if not releases:
+            return []
+        month = utc_month()
+        calls = [_release_call(r.user_id, r.request_id, r.debit_nusd, r.key_id, month) for r in releases]
+        return [int(answer) for answer in await self._release.run_many(calls)]
 
     async def invalidate_balance(self, user_id: str) -> None:
         """After a credit or adjustment: drop the cached balance so the next read is fresh."""

@@ -26,6 +26,8 @@ JOBS_STREAM = "gw:jobs"
 JOBS_GROUP = "workers"
 EVENTS_STREAM = "gw:events"
 EVENTS_GROUP = "billing"
+# Events billing could not decode or settle at all, kept for an operator to look at.
+EVENTS_DEAD_LETTER_STREAM = "gw:events:dead"
 CANCEL_CHANNEL = "gw:cancel"
 WORKERS_HEARTBEAT = "gw:workers"
 KEY_EVENTS_CHANNEL = "gw:keys:events"

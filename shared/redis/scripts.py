@@ -34,3 +34,29 @@ class LuaScript:
             return await self._redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             return await self._redis.eval(self._source, len(keys), *keys, *args)
+
+    async def run_many(self, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        """Many calls, one pipelined round trip. Only calls that met NOSCRIPT are redone
+        (after loading the script), so none runs twice."""
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for _attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    call_keys, call_args = calls[i]
+                    pipe.evalsha(self.sha, len(call_keys), *call_keys, *call_args)
+                answers = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, answer in zip(todo, answers, strict=True):
+                if isinstance(answer, NoScriptError):
+                    missing.append(i)
+                else:
+                    results[i] = answer
+            if not missing:
+                break
+            await self._redis.script_load(self._source)
+            todo = missing
+        for answer in results:
+            if isinstance(answer, Exception):
+                raise answer
+        return results

@@ -48,3 +48,20 @@ def test_compact_usd_is_exact_and_valid_json() -> None:
     for nusd, text in cases.items():
         assert format_usd_compact(nusd) == text
         assert orjson.dumps({"cost": orjson.Fragment(text.encode())}) == b'{"cost":' + text.encode() + b"}"
+
+
+def test_integer_fast_path_equals_decimal_arithmetic() -> None:
+    """Costs are computed in scaled integers; they must equal exact Decimal arithmetic."""
+    import random
+    from decimal import ROUND_HALF_UP
+
+    rng = random.Random(7)
+    for _ in range(5000):
+        prices = [Decimal(rng.randint(0, 10**6)) / Decimal(10 ** rng.randint(0, 9)) for _ in range(3)]
+        prompt, completion = rng.randint(0, 10**6), rng.randint(0, 10**6)
+        cached = rng.randint(0, prompt)
+        exact = (
+            prices[0] * (prompt - cached) + prices[2] * cached + prices[1] * completion
+        ) * 1000
+        expected = int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        assert Price(prices[0], prices[1], prices[2]).cost_nusd(prompt, completion, cached) == expected
