@@ -25,9 +25,20 @@ test: $(STAMP)
 ## Benchmark scenarios S1-S7 against the performance budgets (not part of `make test`):
 ## a fresh PostgreSQL database on 127.0.0.1:5432, the bundled Redis, a Node fake upstream.
 ## Writes bench-results/<timestamp>.json and .md. BENCH_ARGS="--scale 0.3 --only S1,S3" etc.
-bench: $(STAMP)
+# The services run from a runtime-only virtualenv, as production installs them (no test
+# tools imported into every process); the harness runs from .venv.
+RUNTIME_VENV  := .venv-runtime
+RUNTIME_STAMP := $(RUNTIME_VENV)/.installed
+
+$(RUNTIME_STAMP): pyproject.toml
+	@test -x $(RUNTIME_VENV)/bin/python || $(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet -e .
+	@touch $(RUNTIME_STAMP)
+
+bench: $(STAMP) $(RUNTIME_STAMP)
 	@command -v node >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs)
-	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench --service-python $(RUNTIME_VENV)/bin/python $(BENCH_ARGS)
 
 ## Soak (not part of `make test`): SOAK_SECONDS (300) of mixed traffic with failing
 ## providers on private PostgreSQL/Redis servers; error rate, RSS per service, ledger audit.

@@ -63,6 +63,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--log-level", default="info", help="the services' LOG_LEVEL (info)")
     parser.add_argument(
+        "--service-python",
+        default="",
+        help="interpreter for api, worker and billing (make bench: a runtime-only venv)",
+    )
+    parser.add_argument(
         "--keep-logs",
         action="store_true",
         help="keep the services' logs (~100 MB a run) in the run directory",
@@ -132,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         pin=not args.no_pin,
         log_level=args.log_level,
         source=args.source.resolve(),
+        service_python=args.service_python or sys.executable,
     )
     scale = Scale(args.scale)
     results: dict[str, Any] = {}

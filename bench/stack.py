@@ -60,6 +60,9 @@ class StackOptions:
     log_level: str = "info"
     # The gateway tree to run (its services, CLI and migrations); this checkout by default.
     source: Path = REPO
+    # The interpreter the gateway's services run on: a runtime-only virtualenv (what
+    # production installs: no test tools loaded into every process) or this one.
+    service_python: str = sys.executable
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -119,7 +122,7 @@ class Stack:
             for name in SERVICES:
                 self.procs.start(
                     name,
-                    [sys.executable, "-m", "services.cli", "run", name],
+                    [self.options.service_python, "-m", "services.cli", "run", name],
                     env=self.env,
                     cpu=self.pinning.gateway_cpu,
                     cwd=self.options.source,
@@ -256,7 +259,7 @@ class Stack:
         for name in ("api", "worker"):
             self.procs.start(
                 name,
-                [sys.executable, "-m", "services.cli", "run", name],
+                [self.options.service_python, "-m", "services.cli", "run", name],
                 env=self.env,
                 cpu=self.pinning.gateway_cpu,
                 cwd=self.options.source,
@@ -265,7 +268,7 @@ class Stack:
 
     def _cli(self, *args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "services.cli", *args],
+            [self.options.service_python, "-m", "services.cli", *args],
             env=self.env,
             cwd=self.options.source,
             capture_output=True,

@@ -107,7 +107,8 @@ def get_encoding(name: str) -> tiktoken.Encoding:
     """The tiktoken encoding `name` (cl100k_base or o200k_base), built once per process.
 
     Takes about a quarter of a second the first time: call it from a thread
-    (`asyncio.to_thread`) or at startup (`preload`), not on a busy event loop.
+    (`asyncio.to_thread`), not on a busy event loop. Built lazily: an encoding costs
+    tens of MB, and only streams the provider reported no usage for need one.
     """
     encoding = _loaded.get(name)
     if encoding is not None:
@@ -145,13 +146,6 @@ def encoding_name(model: str | None) -> str | None:
 def is_exact(model: str | None) -> bool:
     """Whether counts for `model` come from its real tokenizer (not the approximation)."""
     return encoding_name(model) is not None
-
-
-def preload(models: Iterable[str]) -> None:
-    """Build the encodings `models` need now, so no request waits for it later."""
-    for name in {encoding_name(m) for m in models} - {None}:
-        assert name is not None
-        get_encoding(name)
 
 
 # --- counting ---------------------------------------------------------------------------

@@ -151,6 +151,16 @@ async def execute(
             state.error = GatewayTimeout("The request did not finish before its deadline.")
             await _safe_publish_error(publisher, state.error)
             outcome = Outcome.ERROR
+    return await _event_counted(job, state, outcome)
+
+
+async def _event_counted(job: Job, state: JobState, outcome: Outcome) -> CompletionEvent:
+    """The event; counting the tokens of a cancelled or broken stream happens in a thread
+    (the tokenizer is built on first use, and counting long texts takes a while)."""
+    if state.usage is None and state.target is not None and (
+        outcome is not Outcome.ERROR or state.committed
+    ):
+        return await asyncio.to_thread(_event, job, state, outcome)
     return _event(job, state, outcome)
 
 

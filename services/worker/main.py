@@ -42,7 +42,6 @@ from shared.messages import CompletionEvent, Job, MessageError
 from shared.provider_stats import Sample, add_sample, read_stats
 from shared.redis import keys
 from shared.settings import Settings
-from shared.tokens import preload as preload_tokenizers
 
 log = structlog.get_logger("worker")
 
@@ -348,8 +347,6 @@ def _samples(event: CompletionEvent) -> list[tuple[str, str, Sample]]:
 async def run_worker(settings: Settings, redis_url: str, stop: asyncio.Event) -> None:
     demo_url = settings.provider_base_urls.get("fake") if settings.demo_mode else None
     catalog = catalog_for(settings.catalog_path, demo_base_url=demo_url)
-    # Built now, so that no job waits for a tokenizer to load (see shared/tokens.py).
-    await asyncio.to_thread(preload_tokenizers, [m.id for m in catalog.models])
     search_dir = Path(settings.catalog_path).resolve().parent if settings.catalog_path else None
     adapters = resolve_adapters(
         (p.adapter for p in catalog.providers.values()), search_dir=search_dir

@@ -85,6 +85,3 @@ def test_bundled_files_are_checked_against_tiktokens_hashes() -> None:
         tokens._read_ranks("cl100k_base", "0" * 64)
 
 
-def test_preload_builds_only_what_the_models_need() -> None:
-    tokens.preload(["gpt-4o-mini", "claude-3-5-haiku"])
-    assert "o200k_base" in tokens._loaded
