@@ -53,7 +53,12 @@ class FrameReader:
             if remaining_s <= 0:
                 raise GatewayTimeout("The request timed out waiting for the provider.")
             try:
-                frame = await asyncio.wait_for(self._queue.get(), remaining_s)
+                if not self._queue.empty():
+                    frame = self._queue.get_nowait()
+                else:
+                    # asyncio.timeout, unlike wait_for, creates no task per frame.
+                    async with asyncio.timeout(remaining_s):
+                        frame = await self._queue.get()
             except TimeoutError:
                 raise GatewayTimeout("The request timed out waiting for the provider.") from None
             if frame is None:
