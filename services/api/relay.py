@@ -106,8 +106,28 @@ async def relay_json(
     return web.Response(body=frame.payload, content_type="application/json", headers=headers), frame.meta
 
 
+def stream_error_event(error: Mapping[str, Any], *, completion_id: str, model: str) -> bytes:
+    """The last event of a stream that failed after content was sent: a chunk with
+    `finish_reason: "error"` (as OpenRouter sends) carrying OpenAI's error object, which
+    the OpenAI SDKs raise as `APIError`."""
+    chunk = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
+        "error": error,
+    }
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
 async def relay_sse(
-    request: web.Request, reader: FrameReader, headers: dict[str, str]
+    request: web.Request,
+    reader: FrameReader,
+    headers: dict[str, str],
+    *,
+    completion_id: str = "",
+    model: str = "",
 ) -> tuple[web.StreamResponse, Mapping[str, Any]]:
     first = await reader.next()
     if first.kind is FrameKind.ERROR:
@@ -118,7 +138,8 @@ async def relay_sse(
     frame = first
     while True:
         if frame.kind is FrameKind.ERROR:
-            await response.write(b"data: " + frame.payload + b"\n\n")
+            error = orjson.loads(frame.payload).get("error") or {}
+            await response.write(stream_error_event(error, completion_id=completion_id, model=model))
             meta = frame.meta
             break
         if frame.payload:
@@ -130,7 +151,8 @@ async def relay_sse(
         try:
             frame = await reader.next()
         except GatewayError as exc:
-            await response.write(b"data: " + exc.to_body() + b"\n\n")
+            error = exc.to_dict()["error"]
+            await response.write(stream_error_event(error, completion_id=completion_id, model=model))
             meta = {"status": exc.http_status, "error": exc.code}
             break
     await response.write_eof()

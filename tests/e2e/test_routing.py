@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Iterator
 from typing import Any
@@ -230,6 +231,23 @@ class TestFallback:
             for _chunk in stream:
                 pass
         assert fakes.calls("beta") == []  # content had reached the client: no fallback
+
+        # On the wire: content, then one last chunk that says how the stream ended.
+        fakes.script("alpha", [{"drop_after": 2}])
+        request = urllib.request.Request(
+            _stack.api_url + "/v1/chat/completions",
+            data=orjson.dumps(
+                {"model": "duo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            ),
+            headers={"Authorization": f"Bearer {client.api_key}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 - local
+            events = [line[6:] for line in resp.read().split(b"\n") if line.startswith(b"data: ")]
+        assert b"[DONE]" not in events
+        last = orjson.loads(events[-1])
+        assert last["choices"][0]["finish_reason"] == "error"
+        assert last["error"]["code"] and last["error"]["message"]
+        assert any(orjson.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1])
 
 
 class TestPreferences:

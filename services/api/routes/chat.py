@@ -80,7 +80,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         reader = FrameReader(queue, admitted.job.deadline_ms)
         try:
             if body.stream:
-                response, meta = await relay_sse(request, reader, headers)
+                response, meta = await relay_sse(
+                    request,
+                    reader,
+                    headers,
+                    completion_id=f"chatcmpl-{request_id}",
+                    model=body.model,
+                )
             else:
                 response, meta = await relay_json(reader, headers)
                 await store_answer(request, cache_req, response, meta)
