@@ -15,17 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.worker.providers.base import Target
-from shared.catalog import Catalog, ProviderConfig
+from shared.catalog import Catalog
+from shared.provider_access import ProviderAccess, provider_access
 from shared.provider_stats import EMPTY, TargetStats
-from shared.settings import Settings
 
 SORTS = frozenset({"price", "latency", "throughput"})
 
-
-@dataclass(frozen=True, slots=True)
-class ProviderAccess:
-    api_key: str
-    base_url: str
+__all__ = ["ProviderAccess", "ProviderPrefs", "candidates", "order_targets", "plan", "provider_access"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,27 +63,6 @@ class ProviderPrefs:
             sort=pick("sort"),
             given=self.given | base.given,
         )
-
-
-def provider_access(catalog: Catalog, settings: Settings) -> dict[str, ProviderAccess]:
-    """Providers the worker can call: those whose key is set or that need none.
-
-    `BASE_URL_<NAME>` overrides the catalog's base URL for a provider.
-    """
-    access: dict[str, ProviderAccess] = {}
-    for name, provider in catalog.providers.items():
-        key = _key_for(provider, settings.provider_keys)
-        if provider.key_env and not key:
-            continue
-        base_url = settings.provider_base_urls.get(name, provider.base_url)
-        access[name] = ProviderAccess(api_key=key, base_url=base_url)
-    return access
-
-
-def _key_for(provider: ProviderConfig, keys: Mapping[str, str]) -> str:
-    if not provider.key_env:
-        return ""
-    return keys.get(provider.key_env.removeprefix("API_KEY_").lower(), "")
 
 
 def candidates(

@@ -9,10 +9,10 @@ import orjson
 from aiohttp import web
 
 from services.api.appkeys import CATALOG, REDIS, SETTINGS
-from services.worker.routing import provider_access
 from shared.catalog import Catalog
 from shared.circuit import Circuits
 from shared.errors import ServiceUnavailable
+from shared.provider_access import provider_access
 from shared.provider_stats import read_stats
 
 
