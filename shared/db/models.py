@@ -99,7 +99,11 @@ class LedgerTransaction(Base):
 
 class UsageRecord(Base):
     __tablename__ = "usage_records"
-    __table_args__ = (Index("ix_usage_user_created", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_usage_user_created", "user_id", "created_at"),
+        # Operators' range queries (stats, spend per day, dashboard) scan by time alone.
+        Index("ix_usage_created", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(String(64), unique=True)
