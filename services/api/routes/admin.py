@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.api import admin_params as params
 from services.api.admin_auth import require_admin
 from services.api.admin_views import key_view, money, transaction_view, user_view
-from services.api.appkeys import REDIS, SESSIONS, SETTINGS
+from services.api.appkeys import AUTH, REDIS, SESSIONS, SETTINGS
 from shared.db.repositories import api_keys, ledger, users
 from shared.errors import InvalidRequest, NotFound
 from shared.redis.funds import Funds
@@ -180,6 +180,8 @@ async def revoke_key(request: web.Request) -> web.Response:
         if key is None:
             raise NotFound(f"No API key with id '{key_id}'.", param="key_id", code="key_not_found")
         view = key_view(key, datetime.now(UTC))
+    # This process forgets it before answering; the others hear the broadcast.
+    request.app[AUTH].forget_key(key_id)
     try:  # every api process forgets the key now, not when its cache entry expires
         await publish_key_revoked(request.app[REDIS], key_id)
     except RedisError as exc:
