@@ -78,15 +78,6 @@ class Catalog:
     def find(self, name: str) -> Model | None:
         return self._index.get(name)
 
-    def price_of(self, model_id: str, provider: str) -> Price | None:
-        model = self.find(model_id)
-        if model is None:
-            return None
-        for offer in model.offers:
-            if offer.provider == provider:
-                return offer.price
-        return None
-
     def routed_to(self, provider: ProviderConfig) -> Catalog:
         """The same models and prices, every offer served by `provider` (demo mode)."""
         models = [

@@ -39,7 +39,6 @@ class ReplyPublisher:
         self._error: BaseException | None = None
         self._next_meta: dict[str, Any] | None = None
         self.listener_gone = gone if gone is not None else asyncio.Event()
-        self.frames_sent = 0
 
     def push(self, data: bytes, meta: dict[str, Any] | None = None) -> None:
         """Queue SSE bytes for the client; sent with whatever else is pending.
@@ -73,7 +72,6 @@ class ReplyPublisher:
         )
         self._seq += 1
         receivers = await self._redis.publish(self._channel, frame.encode())
-        self.frames_sent += 1
         if receivers == 0:
             self.listener_gone.set()
 

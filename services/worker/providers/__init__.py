@@ -39,10 +39,6 @@ REGISTRY: dict[str, ProviderAdapter] = {
 }
 
 
-def adapter_for(name: str) -> ProviderAdapter | None:
-    return REGISTRY.get(name)
-
-
 def resolve_adapters(
     adapter_names: Iterable[str], *, search_dir: Path | None = None
 ) -> dict[str, ProviderAdapter]:

@@ -26,8 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from shared.catalog import Offer, ProviderConfig
-from shared.errors import ProviderError
+from shared.errors import ProviderError, RetryableProviderError
 from shared.messages import Usage
 
 
@@ -126,3 +128,22 @@ class ProviderAdapter(Protocol):
     def classify_error(
         self, status: int, headers: Mapping[str, str], body: bytes, provider: str
     ) -> ProviderError: ...
+
+
+def bad_response(provider: str, what: str) -> RetryableProviderError:
+    """An answer the gateway cannot read: technical, so the next candidate is tried."""
+    return RetryableProviderError(f"{provider} returned a response that {what}", code="bad_response")
+
+
+def load_json(body: bytes, provider: str) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_response(provider, "is not JSON") from exc
+
+
+def load_json_object(body: bytes, provider: str) -> dict[str, Any]:
+    data = load_json(body, provider)
+    if not isinstance(data, dict):
+        raise bad_response(provider, "is not a JSON object")
+    return data

@@ -24,6 +24,7 @@ from services.worker.providers.base import (
     SseEvent,
     StreamDelta,
     Target,
+    load_json_object,
 )
 from shared.errors import FinalProviderError, ProviderError, RetryableProviderError
 from shared.messages import Usage
@@ -93,16 +94,7 @@ class OpenAICompatible:
     # -- non-streaming response ------------------------------------------------------
 
     def parse_response(self, body: bytes) -> Completion:
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise RetryableProviderError(
-                f"{self.name} returned a response that is not JSON", code="bad_response"
-            ) from exc
-        if not isinstance(data, dict):
-            raise RetryableProviderError(
-                f"{self.name} returned a response that is not a JSON object", code="bad_response"
-            )
+        data = load_json_object(body, self.name)
         if isinstance(data.get("error"), (dict, str)):
             raise _error_event(data, self.name)
         choices = data.get("choices")

@@ -18,7 +18,7 @@ import structlog
 
 from services.worker.providers.anthropic.errors import error_from_payload
 from services.worker.providers.anthropic.tools import JSON_TOOL_NAME
-from services.worker.providers.base import Completion
+from services.worker.providers.base import Completion, load_json_object
 from shared.errors import RetryableProviderError
 from shared.messages import Usage
 
@@ -95,16 +95,7 @@ def json_text(value: object) -> str:
 
 def parse_response(body: bytes, provider: str) -> Completion:
     """One OpenAI choice (plus usage) for a whole Anthropic `message` body."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RetryableProviderError(
-            f"{provider} returned a response that is not JSON", code="bad_response"
-        ) from exc
-    if not isinstance(data, dict):
-        raise RetryableProviderError(
-            f"{provider} returned a response that is not a JSON object", code="bad_response"
-        )
+    data = load_json_object(body, provider)
     if data.get("type") == "error":
         raise error_from_payload(data, provider)
     content = data.get("content")

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import structlog
 
-from services.worker.providers.base import Completion
+from services.worker.providers.base import Completion, bad_response, load_json
 from services.worker.providers.google.errors import error_object, stream_error
 from services.worker.providers.google.ids import encode_call_id
 from shared.errors import RetryableProviderError
@@ -126,21 +126,14 @@ def candidate_index(candidate: Mapping[str, Any]) -> int:
 
 def decode(body: bytes, provider: str) -> Mapping[str, Any]:
     """A response object, or the right error for a body that is one or is unreadable."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RetryableProviderError(
-            f"{provider} returned a response that is not JSON", code="bad_response"
-        ) from exc
+    data = load_json(body, provider)
     err = error_object(data)
     if err is not None:
         raise stream_error(err, provider)
     if isinstance(data, list) and len(data) == 1:
         data = data[0]
     if not isinstance(data, Mapping):
-        raise RetryableProviderError(
-            f"{provider} returned a response that is not a JSON object", code="bad_response"
-        )
+        raise bad_response(provider, "is not a JSON object")
     return data
 
 
