@@ -4,8 +4,9 @@
   raw bytes the client sent, in its own stream field, so it is parsed once per service
   and never re-encoded.
 - `ReplyFrame`: worker -> api, on the api process's reply channel. A one-line JSON
-  header (request id, sequence number, kind) then the payload bytes, which are already
-  what the api writes to the client (SSE events or a JSON body).
+  header (request id, sequence number, kind, payload length) then the payload bytes,
+  which are already what the api writes to the client (SSE events or a JSON body). One
+  PUBLISH carries one or more frames, concatenated.
 - `CompletionEvent`: worker -> billing, on the events stream: usage, timings, provider,
   attempts. Billing settles it exactly once, keyed by request id.
 """
@@ -88,7 +89,13 @@ class ReplyFrame:
     generation: int = 1
 
     def encode(self) -> bytes:
-        header: dict[str, Any] = {"r": self.request_id, "s": self.seq, "k": self.kind.value}
+        """Header line (with the payload's length, so frames can be concatenated) + payload."""
+        header: dict[str, Any] = {
+            "r": self.request_id,
+            "s": self.seq,
+            "k": self.kind.value,
+            "n": len(self.payload),
+        }
         if self.meta:
             header["m"] = self.meta
         if self.generation != 1:
@@ -97,21 +104,44 @@ class ReplyFrame:
 
     @classmethod
     def decode(cls, raw: bytes) -> Self:
-        head, sep, payload = raw.partition(b"\n")
-        if not sep:
-            raise MessageError("reply frame without header line")
-        try:
-            header = orjson.loads(head)
-            return cls(
-                request_id=header["r"],
-                seq=int(header["s"]),
-                kind=FrameKind(header["k"]),
-                payload=payload,
-                meta=header.get("m") or {},
-                generation=int(header.get("g", 1)),
-            )
-        except (KeyError, ValueError, TypeError) as exc:
-            raise MessageError(f"bad reply frame header: {exc}") from exc
+        """Exactly one frame."""
+        frames = cls.decode_many(raw)
+        if len(frames) != 1:
+            raise MessageError(f"expected one reply frame, got {len(frames)}")
+        return frames[0]
+
+    @classmethod
+    def decode_many(cls, raw: bytes) -> list[Self]:
+        """The frames of one message, in order: a worker sends all the frames it has for
+        one api process (of any of its requests) in one PUBLISH."""
+        frames: list[Self] = []
+        view = memoryview(raw)
+        start = 0
+        end = len(raw)
+        while start < end:
+            newline = raw.find(b"\n", start)
+            if newline < 0:
+                raise MessageError("reply frame without header line")
+            try:
+                header = orjson.loads(view[start:newline])
+                size = int(header["n"])
+                payload_end = newline + 1 + size
+                if size < 0 or payload_end > end:
+                    raise ValueError(f"payload length {size} past the end of the message")
+                frames.append(
+                    cls(
+                        request_id=header["r"],
+                        seq=int(header["s"]),
+                        kind=FrameKind(header["k"]),
+                        payload=raw[newline + 1 : payload_end],
+                        meta=header.get("m") or {},
+                        generation=int(header.get("g", 1)),
+                    )
+                )
+            except (KeyError, ValueError, TypeError) as exc:
+                raise MessageError(f"bad reply frame header: {exc}") from exc
+            start = payload_end
+        return frames
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,13 +114,15 @@ class ReplyHub:
 
     def _dispatch(self, raw: bytes) -> None:
         try:
-            frame = ReplyFrame.decode(raw)
+            frames = ReplyFrame.decode_many(raw)
         except MessageError as exc:
             log.error("reply_frame_undecodable", error=str(exc))
             return
-        queue = self._waiting.get(frame.request_id)
-        if queue is not None:
-            _offer(queue, frame)
+        waiting = self._waiting
+        for frame in frames:
+            queue = waiting.get(frame.request_id)
+            if queue is not None:
+                _offer(queue, frame)
 
 
 def _offer(queue: FrameQueue, item: ReplyFrame | None) -> None:

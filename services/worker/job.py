@@ -108,7 +108,7 @@ async def execute(
     # A client that went away (cancel message, or nobody subscribed to its reply
     # channel any more) ends the job the same way: through `cancel`.
     publisher = ReplyPublisher(
-        deps.outbox or deps.redis,
+        deps.outbox or Outbox(deps.redis),
         keys.reply_channel(job.reply_to),
         job.request_id,
         generation,

@@ -1,10 +1,12 @@
 """Everything this worker sends to Redis for its jobs, sent together.
 
-Jobs submit commands (a reply frame's PUBLISH, a finished job's XADD + XACK + health
-samples); the outbox sends all that were submitted during one turn of the event loop in
-one pipeline, wrapped in MULTI/EXEC, while the next turn's commands gather behind it.
-Fifty streams each sending a chunk every few milliseconds then cost a few Redis round
-trips per tick instead of fifty, and each job still sees its own results in order.
+Jobs submit commands (a finished job's XADD + XACK + health samples) and reply frames;
+the outbox sends all that were submitted during one turn of the event loop in one
+pipeline, wrapped in MULTI/EXEC, while the next turn's commands gather behind it. Reply
+frames bound for the same api process travel in one PUBLISH, whichever requests they
+belong to. Fifty streams each sending a chunk every few milliseconds then cost a few
+Redis commands per tick instead of fifty, and each job still sees its own results in
+order.
 """
 
 from __future__ import annotations
@@ -18,51 +20,78 @@ if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
 
 Build = Callable[["Pipeline"], None]
+# Called when the pipeline is built, so that whatever was queued until then goes along:
+# the encoded frames to publish (b"" when there is nothing left to send).
+TakeFrames = Callable[[], bytes]
 
 
 class Outbox:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._queued: list[tuple[Build, asyncio.Future[list[Any]]]] = []
+        self._queued: list[tuple[Build | tuple[str, TakeFrames], asyncio.Future[Any]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
     def submit(self, build: Build) -> asyncio.Future[list[Any]]:
         """Queue the commands `build` adds to a pipeline; the future gets their results."""
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._queued.append((build, future))
+        return self._queue(build)
+
+    def send_frames(self, channel: str, take: TakeFrames) -> asyncio.Future[int | None]:
+        """Publish what `take()` returns on `channel`, with the other frames for that
+        channel; the future gets how many subscribers received it (None: nothing sent)."""
+        return self._queue((channel, take))
+
+    async def publish(self, channel: str, data: bytes) -> int:
+        """PUBLISH through the outbox: how many subscribers received it."""
+        return int(await self.send_frames(channel, lambda: data) or 0)
+
+    def _queue(self, item: Build | tuple[str, TakeFrames]) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append((item, future))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
         return future
 
-    async def publish(self, channel: str, data: bytes) -> int:
-        """PUBLISH through the outbox: how many subscribers received it."""
-        results = await self.submit(lambda pipe: pipe.publish(channel, data))
-        return int(results[0])
-
     async def _flush(self) -> None:
         while self._queued:
             batch, self._queued = self._queued, []
-            sizes = []
+            # (future, first result index, result count); count -1 marks a frame sender
+            # whose result is its channel's PUBLISH.
+            slots: list[tuple[asyncio.Future[Any], int, int]] = []
             try:
                 async with self._redis.pipeline(transaction=True) as pipe:
-                    for build, _future in batch:
+                    frames: dict[str, list[bytes]] = {}
+                    waiting: dict[str, list[asyncio.Future[Any]]] = {}
+                    for item, future in batch:
+                        if isinstance(item, tuple):
+                            channel, take = item
+                            data = take()
+                            if data:
+                                frames.setdefault(channel, []).append(data)
+                                waiting.setdefault(channel, []).append(future)
+                            elif not future.done():
+                                future.set_result(None)
+                            continue
                         before = len(pipe.command_stack)
-                        build(pipe)
-                        sizes.append(len(pipe.command_stack) - before)
-                    results = await pipe.execute(raise_on_error=False)
+                        item(pipe)
+                        slots.append((future, before, len(pipe.command_stack) - before))
+                    for channel, parts in frames.items():
+                        index = len(pipe.command_stack)
+                        pipe.publish(channel, b"".join(parts))
+                        slots.extend((future, index, -1) for future in waiting[channel])
+                    results = await pipe.execute(raise_on_error=False) if slots else []
             except Exception as exc:  # noqa: BLE001 - every waiter gets the failure
-                for _build, future in batch:
+                for _item, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            start = 0
-            for (_build, future), size in zip(batch, sizes, strict=True):
-                part = results[start : start + size]
-                start += size
+            for future, start, size in slots:
                 if future.done():  # its job was cancelled meanwhile
                     continue
+                part = results[start : start + max(size, 1)]
                 error = next((r for r in part if isinstance(r, Exception)), None)
                 if error is not None:
                     future.set_exception(error)
+                elif size < 0:
+                    future.set_result(int(part[0]))
                 else:
                     future.set_result(part)

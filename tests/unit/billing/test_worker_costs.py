@@ -162,7 +162,7 @@ async def run(
 
     async def listen() -> None:
         async for message in pubsub.listen():
-            frames.append(ReplyFrame.decode(message["data"]))
+            frames.extend(ReplyFrame.decode_many(message["data"]))
             if cancel_after_frames is not None and len(frames) >= cancel_after_frames:
                 cancel.set()
 

@@ -47,3 +47,25 @@ def test_bad_event_raises_message_error(raw: bytes) -> None:
 def test_frame_without_header_line() -> None:
     with pytest.raises(MessageError):
         ReplyFrame.decode(b'{"r": "x"}')
+
+
+def test_frames_concatenated_in_one_message_decode_in_order() -> None:
+    frames = [
+        ReplyFrame("r1", 0, FrameKind.CHUNKS, b"data: {\"a\": \"\\n\"}\n\n", {"provider": "p"}),
+        ReplyFrame("r2", 4, FrameKind.RESPONSE, b"", {}, 3),
+        ReplyFrame("r1", 1, FrameKind.DONE, b"data: [DONE]\n\n"),
+    ]
+    assert ReplyFrame.decode_many(b"".join(f.encode() for f in frames)) == frames
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"r": "x", "s": 0, "k": "c", "n": 99}\nshort',  # payload cut off
+        b'{"r": "x", "s": 0, "k": "c", "n": -1}\n',
+        b'{"r": "x", "s": 0, "k": "c"}\n',  # no length
+    ],
+)
+def test_truncated_or_unsized_frames_raise_message_error(raw: bytes) -> None:
+    with pytest.raises(MessageError):
+        ReplyFrame.decode_many(raw)

@@ -40,3 +40,23 @@ async def test_a_failing_command_fails_only_its_own_submitter() -> None:
     with pytest.raises(Exception, match="WRONGTYPE"):
         await bad
     await redis.aclose()
+
+
+async def test_frames_for_one_channel_share_one_publish_in_submission_order() -> None:
+    redis = FakeAsyncRedis()
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe("api-1")
+    outbox = Outbox(redis)
+    sent = [outbox.send_frames("api-1", lambda i=i: b"frame%d;" % i) for i in range(5)]
+    nothing = outbox.send_frames("api-1", lambda: b"")
+    elsewhere = outbox.send_frames("api-2", lambda: b"other")
+    assert await asyncio.gather(*sent) == [1] * 5  # one subscriber got each
+    assert await nothing is None and await elsewhere == 0
+    received = []
+    for _ in range(20):  # the first reads may only answer the subscription
+        message = await pubsub.get_message(timeout=0.05)
+        if message is not None:
+            received.append(message["data"])
+    assert received == [b"frame0;frame1;frame2;frame3;frame4;"]  # one PUBLISH, not five
+    await pubsub.aclose()
+    await redis.aclose()
