@@ -17,6 +17,7 @@ import orjson
 import structlog
 
 from services.worker import upstream
+from services.worker.cancel import CancelSignal
 from services.worker.fallback import RetryPolicy, first_success
 from services.worker.media import AddressPolicy, MediaFetcher
 from services.worker.providers.base import ChatRequest, ProviderAdapter, Target
@@ -101,7 +102,7 @@ def sse(obj: Mapping[str, Any]) -> bytes:
 
 
 async def execute(
-    deps: WorkerDeps, job: Job, *, cancel: asyncio.Event, generation: int = 1
+    deps: WorkerDeps, job: Job, *, cancel: CancelSignal, generation: int = 1
 ) -> CompletionEvent:
     """Run a job to its end. `cancel` is set when the client went away."""
     state = JobState(started_ms=now_ms())
@@ -121,16 +122,25 @@ async def execute(
         await _publish_error(publisher, state.error)
         return _event(job, state, Outcome.ERROR)
 
+    loop = asyncio.get_running_loop()
     work = asyncio.create_task(_serve(deps, job, state, publisher))
-    cancelled = asyncio.create_task(cancel.wait())
-    try:
-        done, _ = await asyncio.wait(
-            {work, cancelled}, timeout=remaining_s, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        cancelled.cancel()
+    # Woken by the work ending, the client going away or the deadline; no waiter tasks.
+    wake = loop.create_future()
 
-    if work in done:
+    def _wake(*_: object) -> None:
+        if not wake.done():
+            wake.set_result(None)
+
+    work.add_done_callback(_wake)
+    cancel.on_set(_wake)
+    timer = loop.call_later(remaining_s, _wake)
+    try:
+        await wake
+    finally:
+        timer.cancel()
+        work.remove_done_callback(_wake)
+
+    if work.done():
         exc = work.exception()
         if exc is not None:
             log.error("job_crashed", request_id=job.request_id, exc_info=exc)

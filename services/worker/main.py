@@ -29,6 +29,7 @@ from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
 
 from services.worker import upstream
 from services.worker.alerts import AlertSender
+from services.worker.cancel import CancelSignal
 from services.worker.fallback import RetryPolicy
 from services.worker.job import WorkerDeps, execute
 from services.worker.outbox import Outbox
@@ -49,7 +50,7 @@ log = structlog.get_logger("worker")
 @dataclass(slots=True)
 class Running:
     task: asyncio.Task[None]
-    cancel: asyncio.Event
+    cancel: CancelSignal
     request_id: str
 
 
@@ -160,11 +161,11 @@ class Worker:
             log.error("job_undecodable", entry_id=entry_id.decode(), error=str(exc))
             asyncio.create_task(self._ack_only(entry_id))
             return
-        cancel = asyncio.Event()
+        cancel = CancelSignal()
         task = asyncio.create_task(self._run(entry_id, job, cancel, generation))
         self.running[entry_id] = Running(task=task, cancel=cancel, request_id=job.request_id)
 
-    async def _run(self, entry_id: bytes, job: Job, cancel: asyncio.Event, generation: int) -> None:
+    async def _run(self, entry_id: bytes, job: Job, cancel: CancelSignal, generation: int) -> None:
         structlog.contextvars.bind_contextvars(request_id=job.request_id)
         try:
             if generation > 1 and not await self._listener_alive(job):

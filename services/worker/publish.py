@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from services.worker.cancel import CancelSignal
 from shared.messages import FrameKind, ReplyFrame
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ class ReplyPublisher:
         request_id: str,
         generation: int = 1,
         *,
-        gone: asyncio.Event | None = None,
+        gone: CancelSignal | None = None,
     ) -> None:
         self._outbox = outbox
         self._channel = channel
@@ -43,7 +44,7 @@ class ReplyPublisher:
         self._sent: asyncio.Future[int | None] | None = None  # the latest submission
         self._error: BaseException | None = None
         self._abandoned = False
-        self.listener_gone = gone if gone is not None else asyncio.Event()
+        self.listener_gone = gone if gone is not None else CancelSignal()
 
     def push(self, data: bytes, meta: dict[str, Any] | None = None) -> None:
         """Queue SSE bytes for the client; sent with whatever else is pending.

@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestServer
 from fakeredis.aioredis import FakeRedis
 
 from services.worker import upstream
+from services.worker.cancel import CancelSignal
 from services.worker.job import WorkerDeps, execute
 from services.worker.providers import REGISTRY
 from services.worker.routing import provider_access
@@ -158,7 +159,7 @@ async def run(
     pubsub = deps.redis.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(keys.reply_channel("proc"))
     frames: list[ReplyFrame] = []
-    cancel = asyncio.Event()
+    cancel = CancelSignal()
 
     async def listen() -> None:
         async for message in pubsub.listen():
