@@ -37,8 +37,18 @@ SSE_HEADERS = {
 _background: set[asyncio.Task[Any]] = set()
 
 
+# Put on a request's queue when its deadline passes, to wake a reader waiting for frames.
+_DEADLINE = ReplyFrame(request_id="", seq=-1, kind=FrameKind.ERROR)
+_YEAR_S = 365 * 86400
+
+
 class FrameReader:
-    """Reads one request's frames in order, enforcing sequence and deadline."""
+    """Reads one request's frames in order, enforcing sequence and deadline.
+
+    The deadline is one timer per request, not a timeout per frame (a stream has many):
+    it wakes a reader waiting on an empty queue, and a busy reader checks the clock.
+    `close()` cancels it.
+    """
 
     def __init__(self, queue: FrameQueue, deadline_ms: int) -> None:
         self._queue = queue
@@ -46,21 +56,33 @@ class FrameReader:
         self._expected_seq = 0
         self._generation = 0
         self.delivered = False  # something reached the client
+        self._timer = self._arm()
+
+    def _arm(self) -> asyncio.TimerHandle:
+        remaining_s = (self._deadline_ms - time.time_ns() // 1_000_000) / 1000
+        return asyncio.get_running_loop().call_later(min(max(remaining_s, 0), _YEAR_S), self._expire)
+
+    def _expire(self) -> None:
+        try:
+            self._queue.put_nowait(_DEADLINE)
+        except asyncio.QueueFull:
+            pass  # the reader is not waiting: it sees the clock when it next asks
+
+    def close(self) -> None:
+        self._timer.cancel()
 
     async def next(self) -> ReplyFrame:
         while True:
-            remaining_s = (self._deadline_ms - time.time_ns() // 1_000_000) / 1000
-            if remaining_s <= 0:
+            if self._deadline_ms <= time.time_ns() // 1_000_000:
                 raise GatewayTimeout("The request timed out waiting for the provider.")
-            try:
-                if not self._queue.empty():
-                    frame = self._queue.get_nowait()
-                else:
-                    # asyncio.timeout, unlike wait_for, creates no task per frame.
-                    async with asyncio.timeout(remaining_s):
-                        frame = await self._queue.get()
-            except TimeoutError:
-                raise GatewayTimeout("The request timed out waiting for the provider.") from None
+            if not self._queue.empty():
+                frame = self._queue.get_nowait()
+            else:
+                frame = await self._queue.get()
+            if frame is _DEADLINE:
+                # Timers may fire a little early by the wall clock: wait again if so.
+                self._timer = self._arm()
+                continue
             if frame is None:
                 raise ServiceUnavailable("The gateway lost its reply channel; retry the request.")
             if frame.generation < self._generation:

@@ -69,6 +69,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     replies = app[REPLIES]
     queue = replies.register(request_id)  # before the job exists, so no frame is missed
     admitted: Admitted | None = None
+    reader: FrameReader | None = None
     finished = False
     meta: Mapping[str, Any] = {}
     try:
@@ -97,6 +98,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return response
     finally:
         replies.unregister(request_id)
+        if reader is not None:
+            reader.close()
         # A stream the api ended with an error (e.g. its worker died and another took the
         # job over) must stop upstream too, or the client pays for an answer it never got.
         if admitted is not None and (not finished or int(meta.get("status", 200)) >= 400):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from services.api.relay import FrameReader
 from services.api.replies import MAX_UNREAD_FRAMES, ReplyHub
-from shared.errors import ServiceUnavailable
+from shared.errors import GatewayTimeout, ServiceUnavailable
 from shared.messages import FrameKind, ReplyFrame
 
 
@@ -22,3 +25,24 @@ async def test_backlog_is_bounded_and_the_reader_sees_the_gap() -> None:
     hub._dispatch(ReplyFrame("r1", MAX_UNREAD_FRAMES + 50, FrameKind.DONE, b"").encode())
     with pytest.raises(ServiceUnavailable):
         await reader.next()
+
+
+async def test_a_reader_waiting_on_an_empty_queue_times_out_at_the_deadline() -> None:
+    hub = ReplyHub(redis=None, process_id="p")  # type: ignore[arg-type]
+    queue = hub.register("r1")
+    reader = FrameReader(queue, deadline_ms=time.time_ns() // 1_000_000 + 150)
+    hub._dispatch(ReplyFrame("r1", 0, FrameKind.CHUNKS, b"data: x\n\n").encode())
+    assert (await reader.next()).seq == 0
+    started = time.monotonic()
+    with pytest.raises(GatewayTimeout):
+        await asyncio.wait_for(reader.next(), 5)
+    assert 0.05 < time.monotonic() - started < 2
+    reader.close()
+
+
+async def test_closing_the_reader_cancels_its_deadline_timer() -> None:
+    queue = ReplyHub(redis=None, process_id="p").register("r1")  # type: ignore[arg-type]
+    reader = FrameReader(queue, deadline_ms=time.time_ns() // 1_000_000 + 50)
+    reader.close()
+    await asyncio.sleep(0.1)
+    assert queue.empty()  # no deadline marker left behind for nobody
