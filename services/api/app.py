@@ -35,6 +35,7 @@ from shared.catalog import Catalog, catalog_for
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.key_secret import load_key_secret
 from shared.redis import keys
+from shared.redis.client import redis_client
 from shared.redis.funds import Funds
 from shared.settings import Settings
 
@@ -56,7 +57,7 @@ def create_app(
     setup_metrics(app)  # GET /metrics; counts every request, logs its summary line
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-        client = redis or Redis.from_url(redis_url, max_connections=None)
+        client = redis or redis_client(redis_url)
         app[REDIS] = client
         yield
         if redis is None:

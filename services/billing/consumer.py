@@ -426,7 +426,7 @@ async def run_billing(
     (reconciliation, stale holds), until `stop` is set; then close what it opened."""
     import aiohttp
     from prometheus_client import CollectorRegistry
-    from redis.asyncio import Redis as RedisClient
+    from shared.redis.client import redis_client
     from sqlalchemy.engine import make_url
 
     from services.billing.jobs import (
@@ -442,7 +442,7 @@ async def run_billing(
     engine = create_engine(database_url)
     sessions = create_sessionmaker(engine)
     # socket_timeout stays well above the XREADGROUP block time.
-    redis = RedisClient.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30)
+    redis = redis_client(redis_url, socket_connect_timeout=5, socket_timeout=30)
     http = aiohttp.ClientSession()
     arq_pool = await create_arq_pool(redis_url)
     jobs = create_arq_worker(

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import structlog
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
 
@@ -42,6 +41,7 @@ from shared.circuit import CircuitPolicy, Circuits
 from shared.messages import CompletionEvent, Job, MessageError
 from shared.provider_stats import Sample, add_sample, read_stats
 from shared.redis import keys
+from shared.redis.client import redis_client
 from shared.settings import Settings
 
 log = structlog.get_logger("worker")
@@ -352,7 +352,7 @@ async def run_worker(settings: Settings, redis_url: str, stop: asyncio.Event) ->
     adapters = resolve_adapters(
         (p.adapter for p in catalog.providers.values()), search_dir=search_dir
     )
-    redis = Redis.from_url(redis_url, max_connections=None)
+    redis = redis_client(redis_url)
     http = upstream.create_client_session()
     deps = WorkerDeps(
         settings=settings,
