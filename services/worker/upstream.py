@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
@@ -44,6 +44,15 @@ class Timeouts:
     connect_s: float
     first_byte_s: float
     idle_s: float
+    # aiohttp's per-call timeouts, built once: the connection phases only.
+    client: aiohttp.ClientTimeout = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "client",
+            aiohttp.ClientTimeout(total=None, connect=self.connect_s, sock_connect=self.connect_s),
+        )
 
 
 def _json_dumps(obj: object) -> str:
@@ -69,6 +78,9 @@ def create_client_session(*, limit_per_host: int = 0) -> aiohttp.ClientSession:
         timeout=aiohttp.ClientTimeout(total=None),
         json_serialize=_json_dumps,
         auto_decompress=True,
+        # Cookies a provider sets (load balancers do) must not ride on other users' calls;
+        # and filtering a jar on every request costs time.
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 
@@ -103,9 +115,7 @@ async def _open(
                 call.url,
                 data=call.body,
                 headers=dict(call.headers),
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=timeouts.connect_s, sock_connect=timeouts.connect_s
-                ),
+                timeout=timeouts.client,
                 allow_redirects=False,
             )
     except aiohttp.ConnectionTimeoutError as exc:

@@ -416,3 +416,31 @@ def test_session_factory_settings() -> None:
 def test_errors_are_provider_errors() -> None:
     # The fallback loop reads the type; both timeouts and drops are technical.
     assert issubclass(RetryableProviderError, ProviderError)
+
+
+async def test_cookies_a_provider_sets_never_ride_on_later_calls() -> None:
+    seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        body = {
+            "id": "c1", "object": "chat.completion", "created": 1, "model": "fake-up",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                         "finish_reason": "stop"}],
+        }  # fmt: skip
+        response = web.json_response(body)
+        response.set_cookie("__cf_bm", "user-a-session")  # a load balancer's cookie
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    async with TestServer(app) as server:
+        session = upstream.create_client_session()
+        try:
+            # By name: aiohttp's default jar ignores cookies from IP addresses.
+            target = make_target(f"http://localhost:{server.port}/v1")
+            for _ in range(2):
+                await upstream.complete(session, ADAPTER, target, make_request(stream=False), FAST)
+        finally:
+            await session.close()
+    assert seen == [None, None]
