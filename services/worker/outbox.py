@@ -2,7 +2,8 @@
 
 Jobs submit commands (a finished job's XADD + XACK + health samples) and reply frames;
 the outbox sends all that were submitted during one turn of the event loop in one
-pipeline, wrapped in MULTI/EXEC, while the next turn's commands gather behind it. Reply
+pipeline, wrapped in MULTI/EXEC when it holds more than reply frames, while the next
+turn's commands gather behind it. Reply
 frames bound for the same api process travel in one PUBLISH, whichever requests they
 belong to. Fifty streams each sending a chunk every few milliseconds then cost a few
 Redis commands per tick instead of fifty, and each job still sees its own results in
@@ -57,8 +58,10 @@ class Outbox:
             # (future, first result index, result count); count -1 marks a frame sender
             # whose result is its channel's PUBLISH.
             slots: list[tuple[asyncio.Future[Any], int, int]] = []
+            # Reply frames alone need no MULTI/EXEC: a PUBLISH is atomic on its own.
+            transaction = any(not isinstance(item, tuple) for item, _future in batch)
             try:
-                async with self._redis.pipeline(transaction=True) as pipe:
+                async with self._redis.pipeline(transaction=transaction) as pipe:
                     frames: dict[str, list[bytes]] = {}
                     waiting: dict[str, list[asyncio.Future[Any]]] = {}
                     for item, future in batch:

@@ -214,13 +214,14 @@ async def stream(
     resp = await _open(session, call, target, timeouts, deadline)
     clean = False
     events: AsyncGenerator[SseEvent, None] | None = None
+    watch: _EventWatch | None = None
     try:
         await _raise_for_status(resp, adapter, target, timeouts)
         parser = adapter.stream_parser()
         events = iter_sse(resp.content)
-        first = True
+        watch = _EventWatch(events, target, timeouts, deadline)
         while not parser.finished:
-            event = await _next_event(events, target, timeouts, deadline if first else None)
+            event = await watch.next()
             if event is None:
                 if _ended_cleanly(parser):
                     break
@@ -230,7 +231,6 @@ async def stream(
                     provider=target.name,
                     upstream_status=resp.status,
                 )
-            first = False
             try:
                 deltas = parser.feed(event)
             except ProviderError as exc:
@@ -240,6 +240,8 @@ async def stream(
                 yield delta
         clean = True
     finally:
+        if watch is not None:
+            watch.close()
         # After [DONE] the body is normally complete and the connection goes back to the
         # pool; on any other exit (error, consumer gone, cancellation) it is closed.
         if clean:
@@ -250,27 +252,94 @@ async def stream(
             await events.aclose()
 
 
-async def _next_event(
-    events: AsyncIterator[SseEvent], target: Target, timeouts: Timeouts, deadline: float | None
-) -> SseEvent | None:
-    """The next event, or None at the end of the body."""
-    try:
-        if deadline is not None:
-            async with asyncio.timeout_at(deadline):
-                return await anext(events)
-        async with asyncio.timeout(timeouts.idle_s):
-            return await anext(events)
-    except StopAsyncIteration:
-        return None
-    except TimeoutError as exc:
+class _EventWatch:
+    """Reads a stream's events with its first-event deadline and its idle timeout.
+
+    One timer per stream, moved only when it fires (to the last event's time plus the
+    idle timeout), instead of a timeout armed and disarmed around every event: a long
+    stream has thousands. When it expires while we wait, the task is cancelled and the
+    wait ends in a timeout error, as `asyncio.timeout` does; if it expires while the
+    consumer holds the event, the next wait gets a whole idle period.
+    """
+
+    __slots__ = (
+        "_events", "_target", "_timeouts", "_loop", "_task", "_first_deadline", "_last",
+        "_handle", "_waiting", "_expired",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        events: AsyncIterator[SseEvent],
+        target: Target,
+        timeouts: Timeouts,
+        first_deadline: float,
+    ) -> None:
+        self._events = events
+        self._target = target
+        self._timeouts = timeouts
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._first_deadline = first_deadline
+        self._last: float | None = None  # loop time of the last event
+        self._waiting = False
+        self._expired = False
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(first_deadline, self._check)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _due(self) -> float:
+        return self._first_deadline if self._last is None else self._last + self._timeouts.idle_s
+
+    def _check(self) -> None:
+        self._handle = None
+        due = self._due()
+        now = self._loop.time()
+        if now < due:
+            self._handle = self._loop.call_at(due, self._check)
+        elif not self._waiting:
+            # The consumer held the last event this long, not the upstream: its next
+            # wait gets a whole idle period (events may already be buffered).
+            self._handle = self._loop.call_at(now + self._timeouts.idle_s, self._check)
+        elif self._task is not None:
+            self._expired = True
+            self._task.cancel()
+
+    def _timed_out(self) -> RetryableProviderError:
+        timeouts = self._timeouts
         what = (
             f"no first event within {timeouts.first_byte_s:g}s"
-            if deadline is not None
+            if self._last is None
             else f"stream idle for over {timeouts.idle_s:g}s"
         )
-        raise _timeout(target.name, what) from exc
-    except aiohttp.ClientError as exc:
-        raise _connection_error(target.name, exc) from exc
+        return _timeout(self._target.name, what)
+
+    async def next(self) -> SseEvent | None:
+        """The next event, or None at the end of the body."""
+        self._waiting = True
+        try:
+            event = await anext(self._events)
+        except StopAsyncIteration:
+            return None
+        except asyncio.CancelledError:
+            # Ours (and nobody else's): the timer fired while we waited.
+            if self._expired and self._task is not None and self._task.uncancel() == 0:
+                raise self._timed_out() from None
+            raise
+        except aiohttp.ClientError as exc:
+            raise _connection_error(self._target.name, exc) from exc
+        finally:
+            self._waiting = False
+        first = self._last is None
+        self._last = self._loop.time()
+        if first and self._handle is not None:
+            # The idle timeout may end before the first-event deadline: move the timer
+            # earlier this once (later moves wait until it fires).
+            self._handle.cancel()
+            self._handle = self._loop.call_at(self._due(), self._check)
+        return event
 
 
 def _ended_cleanly(parser: StreamParser) -> bool:

@@ -254,6 +254,55 @@ class TestStream:
         assert time.monotonic() - started < 1.0
         assert text_of(got) == "Hello from the "  # the first piece came before the gap
 
+    async def test_steady_events_outlast_the_idle_timeout(
+        self, fake: TestServer, session: aiohttp.ClientSession
+    ) -> None:
+        # Each gap is under the idle timeout, the whole stream far over it.
+        timeouts = upstream.Timeouts(connect_s=1.0, first_byte_s=2.0, idle_s=0.12)
+        req = make_request("[[fake:chunks=12,chunk_delay_ms=40]]", stream=True)
+        started = time.monotonic()
+        got = [
+            d
+            async for d in upstream.stream(
+                session, ADAPTER, make_target(base_url(fake)), req, timeouts
+            )
+        ]
+        assert time.monotonic() - started > 0.4
+        assert text_of(got)
+
+    async def test_a_slow_consumer_is_not_cancelled_by_the_idle_timer(
+        self, fake: TestServer, session: aiohttp.ClientSession
+    ) -> None:
+        # The consumer's own waits are not the upstream's silence: they are never
+        # cancelled, and events the upstream already sent are still delivered.
+        timeouts = upstream.Timeouts(connect_s=1.0, first_byte_s=2.0, idle_s=0.1)
+        req = make_request("[[fake:chunks=3]]", stream=True)
+        got: list[StreamDelta] = []
+        async for delta in upstream.stream(
+            session, ADAPTER, make_target(base_url(fake)), req, timeouts
+        ):
+            got.append(delta)
+            await asyncio.sleep(0.25)  # would be cancelled if the timer hit us here
+        assert text_of(got)
+
+    async def test_an_outside_cancel_stays_a_cancel(
+        self, fake: TestServer, session: aiohttp.ClientSession
+    ) -> None:
+        timeouts = upstream.Timeouts(connect_s=1.0, first_byte_s=2.0, idle_s=5.0)
+        req = make_request("[[fake:chunk_delay_ms=2000]]", stream=True)
+
+        async def consume() -> None:
+            async for _delta in upstream.stream(
+                session, ADAPTER, make_target(base_url(fake)), req, timeouts
+            ):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
     async def test_drop_mid_stream(self, fake: TestServer, session: aiohttp.ClientSession) -> None:
         req = make_request("[[fake:drop_after=3]]", stream=True)
         got: list[StreamDelta] = []
