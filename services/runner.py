@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -37,6 +38,24 @@ def _install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+# Young collections every this many net container allocations (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def _settle_heap() -> None:
+    """Tune the cyclic garbage collector for a long-running service, once imported.
+
+    Measured under S1: the collector took about 13% of the gateway's CPU, walking the
+    objects that imports create (modules, classes, functions: they live as long as the
+    process) over and over. `gc.freeze()` moves them out of its sight; the higher young
+    threshold makes collections rarer (a request's objects are nearly all freed by
+    reference counting; cyclic garbage waits a little longer, a few MB at most).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+
+
 def resolve_redis_url(settings: Settings) -> str | None:
     """`REDIS_URL`, or the embedded server's URL while `gateway run all` runs it."""
     if settings.redis_url:
@@ -60,6 +79,7 @@ def run_service(name: str) -> int:
         return 2
     target = _service_main(name)
     _install_uvloop()
+    _settle_heap()
     return asyncio.run(_run_until_signal(target, settings, redis_url))
 
 
