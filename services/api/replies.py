@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from shared.messages import MessageError, ReplyFrame
@@ -92,15 +93,24 @@ class ReplyHub:
                     handler.resubscribed()
                 self.ready.set()
                 backoff_s = 0.1
+                connection = pubsub.connection
+                if connection is None:
+                    raise RedisConnectionError("pub/sub connection missing after SUBSCRIBE")
                 while True:
-                    message = await pubsub.get_message(timeout=None)
-                    if message is None:
+                    # Straight from the connection: `PubSub.get_message` adds a health
+                    # check, a retry wrapper and a dict per message, and every frame of
+                    # every stream this process serves passes here.
+                    response = await connection.read_response()
+                    if type(response) is not list or len(response) != 3:
                         continue
-                    handler = self._channels.get(message["channel"])
+                    kind, channel, data = response
+                    if kind != b"message":
+                        continue  # the subscription's confirmations
+                    handler = self._channels.get(channel)
                     if handler is None:
-                        self._dispatch(message["data"])
+                        self._dispatch(data)
                     else:
-                        handler.handle(message["data"])
+                        handler.handle(data)
             except (RedisError, OSError) as exc:
                 self.ready.clear()
                 log.warning("reply_subscription_lost", error=str(exc), waiting=len(self._waiting))

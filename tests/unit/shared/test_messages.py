@@ -64,6 +64,8 @@ def test_frames_concatenated_in_one_message_decode_in_order() -> None:
         b'{"r": "x", "s": 0, "k": "c", "n": 99}\nshort',  # payload cut off
         b'{"r": "x", "s": 0, "k": "c", "n": -1}\n',
         b'{"r": "x", "s": 0, "k": "c"}\n',  # no length
+        b'{"r": "x", "s": 0, "k": "zz", "n": 0}\n',  # unknown kind
+        b'{"r": "x", "s": 0, "k": [1], "n": 0}\n',
     ],
 )
 def test_truncated_or_unsized_frames_raise_message_error(raw: bytes) -> None:
