@@ -332,13 +332,21 @@ class BillingConsumer:
         # After the commit: holds are released even for already-settled events, because
         # the attempt that settled them may have died before this step.
         await self._release_holds(events)
+        # Per event at debug (the usage table is the record, and the api logs each
+        # request); one info line per batch.
         for event in outcome.settled:
-            log.info(
+            log.debug(
                 "event_settled",
                 request_id=event.request_id,
                 user_id=event.user_id,
                 cost_nusd=event.cost_nusd,
                 provider=event.provider,
+            )
+        if outcome.settled:
+            log.info(
+                "batch_settled",
+                events=len(outcome.settled),
+                cost_nusd=sum(event.cost_nusd for event in outcome.settled),
             )
         if outcome.already_settled:
             log.info("events_already_settled", count=len(outcome.already_settled))
@@ -390,7 +398,7 @@ class BillingConsumer:
             if self.metrics is not None:
                 self.metrics.observe(event, settled=settled)
             if settled:
-                log.info(
+                log.debug(
                     "event_settled",
                     request_id=event.request_id,
                     user_id=event.user_id,
