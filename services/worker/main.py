@@ -78,7 +78,9 @@ class Worker:
         self.health_refresh_s = health_refresh_s
         self.alerts = alerts
         self.metrics = metrics
-        self.outbox = deps.outbox or Outbox(deps.redis)
+        if deps.outbox is None:
+            deps.outbox = Outbox(deps.redis)  # shared by all its jobs
+        self.outbox = deps.outbox
         self.running: dict[bytes, Running] = {}
         self._slot_freed = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()

@@ -3,11 +3,10 @@
 Jobs submit commands (a finished job's XADD + XACK + health samples) and reply frames;
 the outbox sends all that were submitted during one turn of the event loop in one
 pipeline, wrapped in MULTI/EXEC when it holds more than reply frames, while the next
-turn's commands gather behind it. Reply
-frames bound for the same api process travel in one PUBLISH, whichever requests they
-belong to. Fifty streams each sending a chunk every few milliseconds then cost a few
-Redis commands per tick instead of fifty, and each job still sees its own results in
-order.
+turn's commands gather behind it. Reply frames bound for the same api process travel in
+one PUBLISH, whichever requests they belong to. Fifty streams each sending a chunk every
+few milliseconds then cost a few Redis commands per tick instead of fifty, and each job
+still sees its own results in order.
 """
 
 from __future__ import annotations
@@ -41,10 +40,6 @@ class Outbox:
         channel; the future gets how many subscribers received it (None: nothing sent)."""
         return self._queue((channel, take))
 
-    async def publish(self, channel: str, data: bytes) -> int:
-        """PUBLISH through the outbox: how many subscribers received it."""
-        return int(await self.send_frames(channel, lambda: data) or 0)
-
     def _queue(self, item: Build | tuple[str, TakeFrames]) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queued.append((item, future))
@@ -55,9 +50,9 @@ class Outbox:
     async def _flush(self) -> None:
         while self._queued:
             batch, self._queued = self._queued, []
-            # (future, first result index, result count); count -1 marks a frame sender
-            # whose result is its channel's PUBLISH.
-            slots: list[tuple[asyncio.Future[Any], int, int]] = []
+            # (future, first result index, result count, whether it sent frames: its
+            # result is then its channel's PUBLISH answer, not a list).
+            slots: list[tuple[asyncio.Future[Any], int, int, bool]] = []
             # Reply frames alone need no MULTI/EXEC: a PUBLISH is atomic on its own.
             transaction = any(not isinstance(item, tuple) for item, _future in batch)
             try:
@@ -76,25 +71,25 @@ class Outbox:
                             continue
                         before = len(pipe.command_stack)
                         item(pipe)
-                        slots.append((future, before, len(pipe.command_stack) - before))
+                        slots.append((future, before, len(pipe.command_stack) - before, False))
                     for channel, parts in frames.items():
                         index = len(pipe.command_stack)
                         pipe.publish(channel, b"".join(parts))
-                        slots.extend((future, index, -1) for future in waiting[channel])
+                        slots.extend((future, index, 1, True) for future in waiting[channel])
                     results = await pipe.execute(raise_on_error=False) if slots else []
             except Exception as exc:  # noqa: BLE001 - every waiter gets the failure
                 for _item, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for future, start, size in slots:
+            for future, start, size, sent_frames in slots:
                 if future.done():  # its job was cancelled meanwhile
                     continue
-                part = results[start : start + max(size, 1)]
+                part = results[start : start + size]
                 error = next((r for r in part if isinstance(r, Exception)), None)
                 if error is not None:
                     future.set_exception(error)
-                elif size < 0:
+                elif sent_frames:
                     future.set_result(int(part[0]))
                 else:
                     future.set_result(part)

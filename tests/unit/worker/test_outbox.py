@@ -26,7 +26,10 @@ async def test_commands_of_one_tick_share_a_pipeline_and_get_their_own_results()
     results = await asyncio.gather(*pushes)
     assert CountingRedis.pipelines == 1
     assert [r[1] for r in results] == list(range(1, 51))  # in submission order
-    assert await outbox.publish("nobody-listens", b"x") == 0
+    assert await outbox.send_frames("nobody-listens", lambda: b"x") == 0
+    # A submitter that added no command gets no result, not its neighbour's.
+    empty, counted = outbox.submit(lambda pipe: None), outbox.submit(lambda pipe: pipe.incr("n"))
+    assert await empty == [] and await counted == [1]
     await redis.aclose()
 
 
