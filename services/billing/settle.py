@@ -88,7 +88,7 @@ async def settle_batch(session: AsyncSession, events: Sequence[CompletionEvent])
             debits.append(
                 ledger.Debit(event.user_id, event.cost_nusd, event.request_id, _reason(event))
             )
-    await ledger.debit_many(session, debits)
+    await ledger.debit_many(session, debits, locked=wallets)
     return outcome
 
 

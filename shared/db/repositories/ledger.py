@@ -19,7 +19,7 @@ would commit everything early. After the lock, the SAVEPOINT always nests.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import LedgerTransaction, Wallet
+from shared.db.repositories._bulk import insert_unnest
 
 
 class LedgerKind(StrEnum):
@@ -293,9 +294,14 @@ async def lock_wallets(session: AsyncSession, user_ids: Iterable[str]) -> dict[s
     return {user_id: int(balance) for user_id, balance in (await session.execute(stmt)).all()}
 
 
-async def debit_many(session: AsyncSession, debits: Sequence[Debit]) -> int:
+async def debit_many(
+    session: AsyncSession, debits: Sequence[Debit], *, locked: Mapping[str, int] | None = None
+) -> int:
     """Charge many requests at once: one lock query, one UPDATE per wallet in a single
     executemany, one multi-row INSERT. Returns the number of rows written.
+
+    `locked`: balances from `lock_wallets` earlier in this transaction, covering every
+    debited wallet; saves locking them again.
 
     All or nothing: a request id that was already charged makes the INSERT fail with
     IntegrityError (the unique idempotency key), and the caller's transaction must be
@@ -308,7 +314,10 @@ async def debit_many(session: AsyncSession, debits: Sequence[Debit]) -> int:
     for item in debits:
         if item.amount_nusd <= 0:
             raise ValueError(f"debit amount must be positive, got {item.amount_nusd}")
-    balances = await lock_wallets(session, (d.user_id for d in debits))
+    if locked is None:
+        balances = await lock_wallets(session, (d.user_id for d in debits))
+    else:
+        balances = dict(locked)
     rows: list[dict[str, Any]] = []
     for item in debits:
         if item.user_id not in balances:
@@ -333,7 +342,10 @@ async def debit_many(session: AsyncSession, debits: Sequence[Debit]) -> int:
         .values(balance_nusd=bindparam("balance"), updated_at=func.now()),
         [{"uid": uid, "balance": balances[uid]} for uid in sorted(touched)],
     )
-    await session.execute(insert(LedgerTransaction), rows)
+    if session.get_bind().dialect.name == "postgresql":
+        await insert_unnest(session, cast(Table, LedgerTransaction.__table__), rows)
+    else:
+        await session.execute(insert(LedgerTransaction), rows)
     return len(rows)
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, func, select
+from sqlalchemy import Table, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import LedgerTransaction, UsageRecord
+from shared.db.repositories._bulk import insert_unnest
 from shared.db.repositories._dialect import insert_or_ignore
 from shared.messages import CompletionEvent, Outcome
 
@@ -78,13 +79,16 @@ async def record_usage_many(
     new (the others were recorded before and are left as they are)."""
     if not events:
         return set()
-    table = UsageRecord.__table__
-    # executemany: SQLAlchemy sends it as multi-row INSERTs ("insertmanyvalues"), in
-    # pages sized for the driver's parameter limit, from one cached compiled statement.
-    stmt = insert_or_ignore(session, table, "request_id").returning(  # type: ignore[arg-type]
-        table.c.request_id
-    )
-    result = await session.execute(stmt, [usage_values(e) for e in events])
+    table = cast(Table, UsageRecord.__table__)
+    rows = [usage_values(e) for e in events]
+    if session.get_bind().dialect.name == "postgresql":
+        inserted = await insert_unnest(
+            session, table, rows, conflict_column="request_id", returning="request_id"
+        )
+        return {str(rid) for rid in inserted}
+    # SQLite: executemany, sent as multi-row INSERTs ("insertmanyvalues").
+    stmt = insert_or_ignore(session, table, "request_id").returning(table.c.request_id)
+    result = await session.execute(stmt, rows)
     return {str(rid) for rid in result.scalars().all()}
 
 

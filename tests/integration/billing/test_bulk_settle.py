@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from redis.asyncio import Redis
@@ -9,9 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.billing.consumer import BillingConsumer
-from services.billing.settle import settle_batch
+from services.billing.settle import settle, settle_batch
 from shared.db.models import LedgerTransaction, UsageRecord
-from shared.db.repositories import ledger
+from shared.db.repositories import ledger, usage
+from shared.messages import Outcome
 from shared.redis import keys
 from shared.redis.funds import Funds
 from tests.integration.billing.events import (
@@ -127,3 +129,52 @@ async def test_failed_and_timed_out_requests_release_their_holds_and_cost_nothin
             await s.scalars(select(UsageRecord.status).where(UsageRecord.user_id == user_id))
         ).all()
     assert statuses == ["error"] * 3
+
+
+async def test_a_batch_writes_the_same_rows_as_one_by_one_settlement(
+    any_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """The batch path (arrays through unnest on PostgreSQL) and the single-event path
+    (one ORM insert) must store identical values: nulls, JSON, booleans, floats."""
+    user_id = await funded_user(any_sessions, 10**9)
+    streamed = completion_event(user_id, cost_nusd=4321)
+    bare = dataclasses.replace(
+        completion_event(user_id, cost_nusd=0, outcome=Outcome.CANCELLED),
+        model_served=None,
+        provider=None,
+        ttfc_ms=None,
+        attempts=(),
+        stream=False,
+        usage_estimated=True,
+        error_code="client_closed",
+        error_class="client",
+    )
+    pairs = []
+    for event in (streamed, bare):
+        twin = dataclasses.replace(event, request_id=event.request_id + "_one")
+        pairs.append((event.request_id, twin.request_id))
+        async with any_sessions.begin() as s:
+            await settle(s, twin)
+    async with any_sessions.begin() as s:
+        outcome = await settle_batch(s, [streamed, bare])
+    assert outcome.settled == [streamed, bare]
+
+    def columns(row: Any) -> dict[str, Any]:
+        skip = {"id", "request_id", "created_at"}
+        return {c.key: getattr(row, c.key) for c in UsageRecord.__table__.c if c.key not in skip}
+
+    async with any_sessions() as s:
+        for batch_id, single_id in pairs:
+            batch_row = await usage.get_usage(s, batch_id)
+            single_row = await usage.get_usage(s, single_id)
+            assert batch_row is not None and single_row is not None
+            assert columns(batch_row) == columns(single_row)
+        assert columns(batch_row)["attempts_detail"] is not None
+        debits = {
+            t.idempotency_key: (t.kind, t.amount_nusd, t.reason)
+            for t in await _ledger(any_sessions, user_id)
+            if t.kind == "debit"
+        }
+    assert debits[streamed.request_id] == debits[pairs[0][1]]
+    assert debits[streamed.request_id] == ("debit", -4321, "gpt-4o-mini-2024-07-18 via openai")
+    assert bare.request_id not in debits
