@@ -5,15 +5,25 @@ reading it with a zero timeout: a timer, a TimeoutError raised and caught, on ev
 command. Profiles of the api showed it among the top costs per request. redis-py 8
 replaced it with a look at the buffers (redis/redis-py#4063); this pool does the same,
 and falls back to redis-py's own check for a parser it does not know.
+
+Its connections also pack commands with hiredis (C) instead of redis-py's Python packer,
+as redis-py's synchronous client already does; its asyncio client does not yet
+(redis/redis-py#4176). About 10 µs → 2 µs for an admission EVALSHA here.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is a dependency; keep redis-py's packer
+    _hiredis_pack = None
 
 try:
     from redis._parsers.hiredis import _AsyncHiredisParser
@@ -23,7 +33,35 @@ except ImportError:  # pragma: no cover - redis-py without the hiredis parser mo
 
 def redis_client(url: str, **kwargs: Any) -> Redis:
     """A client with its own pool, closed with the client (`aclose()`)."""
-    return Redis.from_pool(CheckedPool.from_url(url, **kwargs))
+    pool = CheckedPool.from_url(url, **kwargs)
+    pool.connection_class = hiredis_packing(pool.connection_class)
+    return Redis.from_pool(pool)
+
+
+class _HiredisPacking:
+    """Mixed into a redis-py connection class (TCP, TLS or Unix socket alike)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        encoder = self.encoder  # type: ignore[attr-defined]
+        if encoder.encoding.lower() in ("utf-8", "utf8") and encoder.encoding_errors == "strict":
+            head = args[0]
+            if isinstance(head, str):
+                args = (*head.encode().split(), *args[1:])
+            elif b" " in head:
+                args = (*head.split(), *args[1:])
+            try:
+                return [_hiredis_pack(args)]
+            except TypeError:
+                pass  # bool, None, ...: redis-py's packer raises its own DataError
+        return super().pack_command(*args)  # type: ignore[misc,no-any-return]
+
+
+@cache
+def hiredis_packing(connection_class: type[AbstractConnection]) -> type[AbstractConnection]:
+    """`connection_class` with commands packed by hiredis (itself without hiredis)."""
+    if _hiredis_pack is None or issubclass(connection_class, _HiredisPacking):
+        return connection_class
+    return type(f"Hiredis{connection_class.__name__}", (_HiredisPacking, connection_class), {})
 
 
 class CheckedPool(ConnectionPool):
