@@ -57,10 +57,10 @@ class Sample:
             return None
 
 
-def add_sample(pipe: Pipeline, provider: str, model: str, sample: Sample) -> None:
-    """Queue the sample on `pipe` (the caller's pipeline sends it)."""
+def add_samples(pipe: Pipeline, provider: str, model: str, samples: Sequence[Sample]) -> None:
+    """Queue the samples, oldest first, on `pipe` (the caller's pipeline sends them)."""
     key = keys.provider_stats(provider, model)
-    pipe.lpush(key, sample.encode())
+    pipe.lpush(key, *(sample.encode() for sample in samples))
     pipe.ltrim(key, 0, MAX_SAMPLES - 1)
 
 

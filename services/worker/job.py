@@ -122,45 +122,51 @@ async def execute(
         await _publish_error(publisher, state.error)
         return _event(job, state, Outcome.ERROR)
 
-    loop = asyncio.get_running_loop()
-    work = asyncio.create_task(_serve(deps, job, state, publisher))
-    # Woken by the work ending, the client going away or the deadline; no waiter tasks.
-    wake = loop.create_future()
+    # The work runs in this task, interrupted by cancelling it when the client goes away
+    # or the deadline passes (as `asyncio.timeout` does): no second task per job.
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("execute() must run in a task")
+    reason: str | None = None  # "cancel" | "deadline", once the work was interrupted
+    finished = False
 
-    def _wake(*_: object) -> None:
-        if not wake.done():
-            wake.set_result(None)
+    def interrupt(why: str) -> None:
+        nonlocal reason
+        if reason is None and not finished:
+            reason = why
+            task.cancel()
 
-    work.add_done_callback(_wake)
-    cancel.on_set(_wake)
-    timer = loop.call_later(remaining_s, _wake)
+    timer = asyncio.get_running_loop().call_later(remaining_s, interrupt, "deadline")
+    cancel.on_set(lambda: interrupt("cancel"))
+    crash: Exception | None = None
     try:
-        await wake
+        await _serve(deps, job, state, publisher)
+    except asyncio.CancelledError:
+        if reason is None:
+            raise  # cancelled from outside (the worker stopping): not ours to answer
+    except Exception as exc:  # noqa: BLE001 - a bug must still end the job cleanly
+        crash = exc
     finally:
+        finished = True
         timer.cancel()
-        work.remove_done_callback(_wake)
+    if reason is not None and task.uncancel() > 0:
+        raise asyncio.CancelledError  # also cancelled from outside meanwhile
 
-    if work.done():
-        exc = work.exception()
-        if exc is not None:
-            log.error("job_crashed", request_id=job.request_id, exc_info=exc)
+    if reason is None:
+        if crash is not None:
+            log.error("job_crashed", request_id=job.request_id, exc_info=crash)
             state.error = ServiceUnavailable("The worker failed while serving this request.")
             await _safe_publish_error(publisher, state.error)
         outcome = Outcome.ERROR if state.error is not None else Outcome.OK
-    else:
-        work.cancel()
-        try:
-            await work
-        except BaseException:  # noqa: BLE001 - we only need the task finished
-            pass
+    elif reason == "cancel":
         await publisher.abandon()
-        if cancel.is_set():
-            outcome = Outcome.CANCELLED
-            log.info("job_cancelled", request_id=job.request_id, reason="client_gone")
-        else:
-            state.error = GatewayTimeout("The request did not finish before its deadline.")
-            await _safe_publish_error(publisher, state.error)
-            outcome = Outcome.ERROR
+        outcome = Outcome.CANCELLED
+        log.info("job_cancelled", request_id=job.request_id, reason="client_gone")
+    else:
+        # Still sent (after what was generated): an abandoned publisher sends nothing.
+        state.error = GatewayTimeout("The request did not finish before its deadline.")
+        await _safe_publish_error(publisher, state.error)
+        outcome = Outcome.ERROR
     return await _event_counted(job, state, outcome)
 
 

