@@ -7,7 +7,7 @@ it with ON CONFLICT DO NOTHING tells a first delivery from a redelivery.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import datetime
 from typing import Any, cast
 
@@ -17,9 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.db.models import LedgerTransaction, UsageRecord
 from shared.db.repositories._bulk import insert_unnest
 from shared.db.repositories._dialect import insert_or_ignore
-from shared.messages import CompletionEvent, Outcome
+from shared.messages import Attempt, CompletionEvent, Outcome
 
-# Below this, one chunk's timing noise dominates and the rate means nothing.
+# An attempt's fields are all scalars: a plain copy, not dataclasses.asdict's deep one
+# (which took ~12% of billing's CPU per settled event).
+_ATTEMPT_FIELDS = tuple(f.name for f in fields(Attempt))
 
 
 def tokens_per_second(event: CompletionEvent) -> float | None:
@@ -41,7 +43,9 @@ def usage_values(event: CompletionEvent) -> dict[str, Any]:
         "error_class": event.error_class,
         "stream": event.stream,
         "attempts": len(event.attempts),
-        "attempts_detail": [asdict(attempt) for attempt in event.attempts],
+        "attempts_detail": [
+            {name: getattr(attempt, name) for name in _ATTEMPT_FIELDS} for attempt in event.attempts
+        ],
         "prompt_tokens": event.usage.prompt_tokens,
         "completion_tokens": event.usage.completion_tokens,
         "cached_tokens": event.usage.cached_tokens,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import replace
 
 import pytest
@@ -52,7 +53,7 @@ async def test_same_event_twice_settles_once(
         40,
     )
     assert row.attempts == 2 and row.attempts_detail is not None
-    assert [a["provider"] for a in row.attempts_detail] == ["together", "openai"]
+    assert row.attempts_detail == [dataclasses.asdict(a) for a in event.attempts]
     assert row.tokens_per_second == 40.0  # 40 tokens over 1200 - 200 ms
     assert row.client_cancelled is False and row.stream is True
 
