@@ -135,7 +135,7 @@ class BillingConsumer:
         funds: Funds,
         *,
         consumer_name: str,
-        batch_size: int = 100,
+        batch_size: int = 500,
         block_ms: int = 1000,
         claim_idle_ms: int = 60_000,
         backoff_initial_s: float = 0.5,
@@ -144,7 +144,7 @@ class BillingConsumer:
         group: str = keys.EVENTS_GROUP,
         bulk: bool = True,
         metrics: BillingMetrics | None = None,
-        fill_wait_s: float = 0.05,
+        fill_wait_s: float = 0.1,
     ) -> None:
         self.redis = redis
         self.sessions = sessions
@@ -469,6 +469,8 @@ async def run_billing(
             Funds(redis),
             consumer_name=consumer_name or default_consumer_name(),
             metrics=metrics,
+            batch_size=settings.billing_batch_size,
+            fill_wait_s=settings.billing_fill_wait_ms / 1000,
         )
         log.info(
             "billing_starting",
