@@ -63,10 +63,8 @@ class FrameReader:
         return asyncio.get_running_loop().call_later(min(max(remaining_s, 0), _YEAR_S), self._expire)
 
     def _expire(self) -> None:
-        try:
-            self._queue.put_nowait(_DEADLINE)
-        except asyncio.QueueFull:
-            pass  # the reader is not waiting: it sees the clock when it next asks
+        # Refused when full: then the reader is not waiting, and sees the clock next time.
+        self._queue.offer(_DEADLINE)
 
     def close(self) -> None:
         self._timer.cancel()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
@@ -29,13 +30,56 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("api.replies")
 
-# None means "the subscription broke; frames may be lost".
-FrameQueue = asyncio.Queue[ReplyFrame | None]
-
 # Frames waiting for one client. A client that reads slower than its provider writes
 # stops being fed here: later frames are dropped, its reader sees the sequence gap and
 # ends the request (and the upstream call), so api memory stays bounded.
 MAX_UNREAD_FRAMES = 2048
+
+
+class FrameQueue:
+    """One request's frames in arrival order, for its one reader; None means "the
+    subscription broke; frames may be lost".
+
+    What `asyncio.Queue` does for this case (bounded, non-blocking offer, awaitable
+    get) without its producer and task-accounting machinery: one is made per request
+    and every frame of every stream passes through one.
+    """
+
+    __slots__ = ("_items", "_maxsize", "_waiter")
+
+    def __init__(self, maxsize: int = MAX_UNREAD_FRAMES) -> None:
+        self._items: deque[ReplyFrame | None] = deque()
+        self._maxsize = maxsize
+        self._waiter: asyncio.Future[None] | None = None
+
+    def offer(self, item: ReplyFrame | None) -> bool:
+        """Add `item` unless the queue is full; wakes the reader."""
+        if len(self._items) >= self._maxsize:
+            return False
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def get_nowait(self) -> ReplyFrame | None:
+        """The oldest item; IndexError when there is none."""
+        return self._items.popleft()
+
+    async def get(self) -> ReplyFrame | None:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
 
 
 class ChannelHandler(Protocol):
@@ -62,7 +106,7 @@ class ReplyHub:
         self.ready = asyncio.Event()
 
     def register(self, request_id: str) -> FrameQueue:
-        queue: FrameQueue = asyncio.Queue(MAX_UNREAD_FRAMES)
+        queue = FrameQueue()
         self._waiting[request_id] = queue
         return queue
 
@@ -136,7 +180,6 @@ class ReplyHub:
 
 
 def _offer(queue: FrameQueue, item: ReplyFrame | None) -> None:
-    try:
-        queue.put_nowait(item)
-    except asyncio.QueueFull:
-        pass  # the reader finds the gap when it catches up, and ends the request
+    # A full queue drops the frame: the reader finds the gap when it catches up, and ends
+    # the request.
+    queue.offer(item)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from services.api.relay import FrameReader
-from services.api.replies import MAX_UNREAD_FRAMES, ReplyHub
+from services.api.replies import MAX_UNREAD_FRAMES, FrameQueue, ReplyHub
 from shared.errors import GatewayTimeout, ServiceUnavailable
 from shared.messages import FrameKind, ReplyFrame
 
@@ -46,3 +46,22 @@ async def test_closing_the_reader_cancels_its_deadline_timer() -> None:
     reader.close()
     await asyncio.sleep(0.1)
     assert queue.empty()  # no deadline marker left behind for nobody
+
+
+async def test_the_frame_queue_wakes_its_reader_keeps_order_and_survives_a_cancelled_get() -> None:
+    queue = FrameQueue(maxsize=2)
+    first = ReplyFrame("r1", 0, FrameKind.CHUNKS, b"a")
+    waiting = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    assert queue.offer(first)
+    assert await asyncio.wait_for(waiting, 1) is first
+    # A reader cancelled while waiting (the client went away) leaves no stale waiter.
+    cancelled = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert queue.offer(None) and queue.offer(first) and not queue.offer(first)  # full at 2
+    assert queue.qsize() == 2
+    assert await queue.get() is None and queue.get_nowait() is first and queue.empty()
