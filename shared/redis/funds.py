@@ -71,18 +71,26 @@ class HoldRelease:
     key_id: str | None = None
 
 
-def _release_call(
-    user_id: str, request_id: str, debit_nusd: int, key_id: str | None, month: str
-) -> tuple[list[str], list[Any]]:
-    release_keys = [
-        keys.holds(user_id),
-        keys.held_total(user_id),
-        keys.balance(user_id),
-        keys.balance_version(user_id),
-    ]
-    if key_id:
-        release_keys.append(keys.key_spend(key_id, month))
-    return release_keys, [request_id, debit_nusd]
+# Requests per release script call: a batch of 500 is five calls in one round trip, so
+# that no single script keeps Redis from other clients for long.
+RELEASES_PER_CALL = 100
+
+
+def _release_call(releases: Sequence[HoldRelease], month: str) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of one `release_holds.lua` call."""
+    call_keys: list[str] = []
+    call_args: list[Any] = []
+    for r in releases:
+        call_keys += (
+            keys.holds(r.user_id),
+            keys.held_total(r.user_id),
+            keys.balance(r.user_id),
+            keys.balance_version(r.user_id),
+        )
+        if r.key_id:
+            call_keys.append(keys.key_spend(r.key_id, month))
+        call_args += (r.request_id, r.debit_nusd, 1 if r.key_id else 0)
+    return call_keys, call_args
 
 
 class Funds:
@@ -92,7 +100,7 @@ class Funds:
         self.redis = redis
         self._admit = LuaScript.named(redis, "admit")
         self._fill = LuaScript.named(redis, "fill_balance")
-        self._release = LuaScript.named(redis, "release_hold")
+        self._release = LuaScript.named(redis, "release_holds")
         self._fill_spend = LuaScript.named(redis, "fill_key_spend")
         self._peek = LuaScript.named(redis, "rate_peek")
 
@@ -207,17 +215,20 @@ class Funds:
         (when the counter is cached; a missing one is refilled from the database).
         Returns the amount that was held, or -1 if the hold was already gone.
         """
-        call = _release_call(user_id, request_id, debit_nusd, key_id, utc_month())
-        released = await self._release(keys=call[0], args=call[1])
-        return int(released)
+        release = HoldRelease(user_id, request_id, debit_nusd, key_id)
+        return (await self.release_holds([release]))[0]
 
     async def release_holds(self, releases: Sequence[HoldRelease]) -> list[int]:
-        """`release_hold` for many requests in one pipelined round trip (billing's batches)."""
+        """`release_hold` for many requests in one pipelined round trip (billing's batches),
+        a script call per `RELEASES_PER_CALL` of them. Answers in the same order."""
         if not releases:
             return []
         month = utc_month()
-        calls = [_release_call(r.user_id, r.request_id, r.debit_nusd, r.key_id, month) for r in releases]
-        return [int(answer) for answer in await self._release.run_many(calls)]
+        calls = [
+            _release_call(releases[start : start + RELEASES_PER_CALL], month)
+            for start in range(0, len(releases), RELEASES_PER_CALL)
+        ]
+        return [int(held) for answer in await self._release.run_many(calls) for held in answer]
 
     async def invalidate_balance(self, user_id: str) -> None:
         """After a credit or adjustment: drop the cached balance so the next read is fresh."""

@@ -9,7 +9,7 @@ import pytest_asyncio
 from fakeredis import FakeAsyncRedis
 
 from shared.redis import keys
-from shared.redis.funds import AdmitStatus, Funds
+from shared.redis.funds import AdmitStatus, Funds, HoldRelease, utc_month
 
 
 @pytest_asyncio.fixture
@@ -89,3 +89,32 @@ class TestFillAndRelease:
         before = await funds.balance_version("u1")
         await funds.release_hold(user_id="u1", request_id="r1", debit_nusd=10)
         assert await funds.balance_version("u1") != before
+
+
+async def test_a_batch_of_releases_answers_each_in_order_across_script_calls(funds: Funds) -> None:
+    """250 releases (three script calls): users with and without a cached balance, keys
+    with and without a cached spend counter, holds already gone."""
+    month = utc_month()
+    for user in ("u1", "u2"):
+        await funds.fill_balance(user, 10**6, b"0", 60)
+    await funds.redis.set(keys.key_spend("k1", month), 0)  # k1's counter is cached, k2's not
+    releases = []
+    for i in range(250):
+        user = "u1" if i % 2 else "u2"
+        placed = await admit(funds, f"r{i}", 100 + i, user_id=user, rate_limit=10**6)
+        assert placed.status is AdmitStatus.OK
+        releases.append(HoldRelease(user, f"r{i}", 10, ("k1", "k2", None)[i % 3]))
+    releases.append(HoldRelease("u1", "never-held", 10, "k1"))
+    versions = [await funds.balance_version(u) for u in ("u1", "u2")]
+
+    answers = await funds.release_holds(releases)
+
+    assert answers == [100 + i for i in range(250)] + [-1]
+    assert await funds.held_nusd("u1") == await funds.held_nusd("u2") == 0
+    assert int(await funds.redis.get(keys.balance("u1"))) == 10**6 - 10 * 125
+    assert int(await funds.redis.get(keys.balance("u2"))) == 10**6 - 10 * 125
+    assert int(await funds.redis.get(keys.key_spend("k1", month))) == 10 * len(range(0, 250, 3))
+    assert await funds.redis.get(keys.key_spend("k2", month)) is None  # refilled when needed
+    assert [await funds.balance_version(u) for u in ("u1", "u2")] != versions
+    assert await funds.release_holds(releases[:3]) == [-1, -1, -1]  # redelivered: no change
+    assert int(await funds.redis.get(keys.balance("u1"))) == 10**6 - 10 * 125
