@@ -116,7 +116,6 @@ async def execute(
         gone=cancel,
     )
     remaining_s = (job.deadline_ms - state.started_ms) / 1000
-    outcome = Outcome.OK
     if remaining_s <= 0:
         state.error = GatewayTimeout("The request expired in the queue before a worker took it.")
         await _publish_error(publisher, state.error)

@@ -1,13 +1,13 @@
 """Everything this worker sends to Redis for its jobs, sent together.
 
-Jobs submit commands and reply frames; the outbox sends all that were submitted during
-one turn of the event loop in one pipeline, wrapped in MULTI/EXEC when it holds more
-than reply frames, while the next turn's commands gather behind it. Reply frames bound
-for the same api process travel in one PUBLISH, whichever requests they belong to, and
-items submitted with `submit_together` (finished jobs: their events, acks and health
-samples) are built by one call, so that their acks and samples share commands too.
-Fifty streams each sending a chunk every few milliseconds then cost a few Redis
-commands per tick instead of fifty, and each job still sees its own results in order.
+Jobs submit reply frames and items built together (finished jobs: their events, acks and
+health samples); the outbox sends all that were submitted during one turn of the event
+loop in one pipeline, wrapped in MULTI/EXEC when it holds more than reply frames, while
+the next turn's gather behind it. Reply frames bound for the same api process travel in
+one PUBLISH, whichever requests they belong to; items submitted under one `build_all`
+are built by one call, so that their acks and samples share commands too. Fifty streams
+each sending a chunk every few milliseconds then cost a few Redis commands per tick
+instead of fifty, and each job still sees its own results in order.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
 
 T = TypeVar("T")
-Build = Callable[["Pipeline"], None]
 BuildAll = Callable[["Pipeline", list[Any]], None]
 # Called when the pipeline is built, so that whatever was queued until then goes along:
 # the encoded frames to publish (b"" when there is nothing left to send).
@@ -41,12 +40,8 @@ class _Together(NamedTuple):
 class Outbox:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._queued: list[tuple[Build | _Frames | _Together, asyncio.Future[Any]]] = []
+        self._queued: list[tuple[_Frames | _Together, asyncio.Future[Any]]] = []
         self._flushing: asyncio.Task[None] | None = None
-
-    def submit(self, build: Build) -> asyncio.Future[list[Any]]:
-        """Queue the commands `build` adds to a pipeline; the future gets their results."""
-        return self._queue(build)
 
     def submit_together(
         self, build_all: Callable[[Pipeline, list[T]], None], item: T
@@ -61,7 +56,7 @@ class Outbox:
         channel; the future gets how many subscribers received it (None: nothing sent)."""
         return self._queue(_Frames(channel, take))
 
-    def _queue(self, item: Build | _Frames | _Together) -> asyncio.Future[Any]:
+    def _queue(self, item: _Frames | _Together) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queued.append((item, future))
         if self._flushing is None or self._flushing.done():
@@ -71,59 +66,47 @@ class Outbox:
     async def _flush(self) -> None:
         while self._queued:
             batch, self._queued = self._queued, []
-            # (future, first result index, result count, what it gets: its own results,
-            # its channel's PUBLISH answer, or None for an item built together).
-            slots: list[tuple[asyncio.Future[Any], int, int, int]] = []
+            # (future, first result index, result count, whether it gets its channel's
+            # PUBLISH answer; else None, for an item built together).
+            slots: list[tuple[asyncio.Future[Any], int, int, bool]] = []
             # Reply frames alone need no MULTI/EXEC: a PUBLISH is atomic on its own.
-            transaction = any(not isinstance(item, _Frames) for item, _future in batch)
+            transaction = any(isinstance(item, _Together) for item, _future in batch)
             try:
                 async with self._redis.pipeline(transaction=transaction) as pipe:
                     frames: dict[str, list[bytes]] = {}
                     waiting: dict[str, list[asyncio.Future[Any]]] = {}
                     together: dict[BuildAll, list[tuple[Any, asyncio.Future[Any]]]] = {}
                     for item, future in batch:
-                        if isinstance(item, _Frames):
-                            data = item.take()
-                            if data:
-                                frames.setdefault(item.channel, []).append(data)
-                                waiting.setdefault(item.channel, []).append(future)
-                            elif not future.done():
-                                future.set_result(None)
-                        elif isinstance(item, _Together):
+                        if isinstance(item, _Together):
                             together.setdefault(item.build_all, []).append((item.item, future))
-                        else:
-                            before = len(pipe.command_stack)
-                            item(pipe)
-                            size = len(pipe.command_stack) - before
-                            slots.append((future, before, size, _RESULTS))
+                            continue
+                        data = item.take()
+                        if data:
+                            frames.setdefault(item.channel, []).append(data)
+                            waiting.setdefault(item.channel, []).append(future)
+                        elif not future.done():
+                            future.set_result(None)
                     for build_all, entries in together.items():
                         before = len(pipe.command_stack)
                         build_all(pipe, [entry for entry, _future in entries])
                         size = len(pipe.command_stack) - before
-                        slots.extend((future, before, size, _NONE) for _e, future in entries)
+                        slots.extend((future, before, size, False) for _e, future in entries)
                     for channel, parts in frames.items():
                         index = len(pipe.command_stack)
                         pipe.publish(channel, b"".join(parts))
-                        slots.extend((future, index, 1, _PUBLISHED) for future in waiting[channel])
+                        slots.extend((future, index, 1, True) for future in waiting[channel])
                     results = await pipe.execute(raise_on_error=False) if slots else []
             except Exception as exc:  # noqa: BLE001 - every waiter gets the failure
                 for _item, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for future, start, size, gets in slots:
+            for future, start, size, published in slots:
                 if future.done():  # its job was cancelled meanwhile
                     continue
                 part = results[start : start + size]
                 error = next((r for r in part if isinstance(r, Exception)), None)
                 if error is not None:
                     future.set_exception(error)
-                elif gets == _PUBLISHED:
-                    future.set_result(int(part[0]))
-                elif gets == _NONE:
-                    future.set_result(None)
                 else:
-                    future.set_result(part)
-
-
-_RESULTS, _PUBLISHED, _NONE = 0, 1, 2
+                    future.set_result(int(part[0]) if published else None)

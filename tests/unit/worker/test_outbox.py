@@ -1,10 +1,9 @@
-"""The outbox sends the commands of many jobs in one pipeline and hands each its results."""
+"""The outbox sends what many jobs submit in one pipeline and hands each its outcome."""
 
 from __future__ import annotations
 
 import asyncio
 
-import pytest
 from fakeredis import FakeAsyncRedis
 
 from services.worker.outbox import Outbox
@@ -18,30 +17,49 @@ class CountingRedis(FakeAsyncRedis):
         return super().pipeline(*args, **kwargs)
 
 
-async def test_commands_of_one_tick_share_a_pipeline_and_get_their_own_results() -> None:
+def rpush_all(pipe, items: list[int]) -> None:  # type: ignore[no-untyped-def]
+    pipe.rpush("together", *items)
+
+
+async def test_items_of_one_tick_share_a_pipeline_and_one_build_per_group() -> None:
     redis = CountingRedis()
     outbox = Outbox(redis)
+    calls: list[list[int]] = []
+
+    def counted(pipe, items: list[int]) -> None:  # type: ignore[no-untyped-def]
+        calls.append(items)
+        pipe.incrby("counted", len(items))
+
     CountingRedis.pipelines = 0
-    pushes = [outbox.submit(lambda pipe, i=i: (pipe.rpush("l", i), pipe.llen("l"))) for i in range(50)]
-    results = await asyncio.gather(*pushes)
-    assert CountingRedis.pipelines == 1
-    assert [r[1] for r in results] == list(range(1, 51))  # in submission order
-    assert await outbox.send_frames("nobody-listens", lambda: b"x") == 0
-    # A submitter that added no command gets no result, not its neighbour's.
-    empty, counted = outbox.submit(lambda pipe: None), outbox.submit(lambda pipe: pipe.incr("n"))
-    assert await empty == [] and await counted == [1]
+    pushed = [outbox.submit_together(rpush_all, i) for i in range(50)]
+    counts = [outbox.submit_together(counted, i) for i in range(3)]
+    frames = outbox.send_frames("nobody-listens", lambda: b"x")
+    assert await asyncio.gather(*pushed, *counts) == [None] * 53
+    assert await frames == 0
+    assert CountingRedis.pipelines == 1 and calls == [[0, 1, 2]]
+    assert await redis.lrange("together", 0, -1) == [str(i).encode() for i in range(50)]
+    assert await redis.get("counted") == b"3"
     await redis.aclose()
 
 
-async def test_a_failing_command_fails_only_its_own_submitter() -> None:
+async def test_a_group_whose_command_fails_fails_alone() -> None:
     redis = FakeAsyncRedis()
     await redis.set("s", "string")
     outbox = Outbox(redis)
-    good = outbox.submit(lambda pipe: pipe.incr("n"))
-    bad = outbox.submit(lambda pipe: pipe.lpush("s", 1))  # wrong type
-    assert await good == [1]
-    with pytest.raises(Exception, match="WRONGTYPE"):
-        await bad
+
+    def lpush_each(pipe, keys: list[str]) -> None:  # type: ignore[no-untyped-def]
+        for key in keys:
+            pipe.lpush(key, 1)
+
+    good = outbox.submit_together(rpush_all, 1)
+    # Built just before the failing group: a group that adds no command must not be
+    # handed the next command's outcome.
+    nothing = outbox.submit_together(lambda pipe, items: None, "x")
+    both = [outbox.submit_together(lpush_each, key) for key in ("s", "list")]  # s: wrong type
+    results = await asyncio.gather(*both, return_exceptions=True)
+    assert all("WRONGTYPE" in str(r) for r in results)
+    assert await good is None and await nothing is None
+    assert await redis.lrange("together", 0, -1) == [b"1"]
     await redis.aclose()
 
 
@@ -62,40 +80,4 @@ async def test_frames_for_one_channel_share_one_publish_in_submission_order() ->
             received.append(message["data"])
     assert received == [b"frame0;frame1;frame2;frame3;frame4;"]  # one PUBLISH, not five
     await pubsub.aclose()
-    await redis.aclose()
-
-
-async def test_items_submitted_together_are_built_by_one_call_per_flush() -> None:
-    redis = CountingRedis()
-    outbox = Outbox(redis)
-    calls: list[list[int]] = []
-
-    def build_all(pipe, items: list[int]) -> None:  # type: ignore[no-untyped-def]
-        calls.append(items)
-        pipe.rpush("together", *items)
-
-    CountingRedis.pipelines = 0
-    own = outbox.submit(lambda pipe: pipe.incr("own"))
-    done = [outbox.submit_together(build_all, i) for i in range(4)]
-    assert await asyncio.gather(*done) == [None] * 4
-    assert await own == [1]
-    assert calls == [[0, 1, 2, 3]] and CountingRedis.pipelines == 1
-    assert await redis.lrange("together", 0, -1) == [b"0", b"1", b"2", b"3"]
-    await redis.aclose()
-
-
-async def test_items_built_together_fail_together() -> None:
-    redis = FakeAsyncRedis()
-    await redis.set("s", "string")
-    outbox = Outbox(redis)
-
-    def build_all(pipe, items: list[str]) -> None:  # type: ignore[no-untyped-def]
-        for key in items:
-            pipe.lpush(key, 1)
-
-    good_alone = outbox.submit(lambda pipe: pipe.incr("n"))
-    both = [outbox.submit_together(build_all, key) for key in ("list", "s")]
-    results = await asyncio.gather(*both, return_exceptions=True)
-    assert all("WRONGTYPE" in str(r) for r in results)
-    assert await good_alone == [1]
     await redis.aclose()
