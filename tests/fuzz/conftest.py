@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from services.runner import free_port
 from shared.redis import keys
-from tests.audit import open_holds
+from tests.audit import open_holds, wait_settled
 from tests.fakes.jwks import JwksState, JwksThread, SigningKey
 from tests.faults.harness import FaultStack, fault_stack, servers
 from tests.faults.servers import missing_requirements
@@ -118,7 +118,12 @@ class Snapshot:
 
 
 async def snapshot(stack: FaultStack) -> Snapshot:
-    """Everything a request could change: queued jobs, events, ledger, usage, holds."""
+    """Everything a request could change: queued jobs, events, ledger, usage, holds.
+
+    Taken once nothing is in flight: billing settles in batches that wait up to
+    BILLING_FILL_WAIT_MS to fill, so an earlier test's events may still be landing.
+    (Streams are counted by length, so work a refused request queued still shows.)"""
+    await wait_settled(stack.redis_url, timeout_s=30)
     redis = Redis.from_url(stack.redis_url)
     try:
         jobs = int(await redis.xlen(keys.JOBS_STREAM))
