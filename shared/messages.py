@@ -24,12 +24,18 @@ class MessageError(ValueError):
     """A message from Redis could not be decoded."""
 
 
+# The message classes are slotted but not frozen: a frozen dataclass sets each field
+# through object.__setattr__, which made building a reply frame (the worker builds one
+# and the api decodes one per streamed chunk) cost 2.1 µs instead of 0.5. Nothing
+# mutates a message once built.
+
+
 def _check_version(data: dict[str, Any], expected: int, kind: str) -> None:
     if data.get("v") != expected:
         raise MessageError(f"{kind}: unsupported version {data.get('v')!r}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Job:
     VERSION: ClassVar[int] = 1
 
@@ -77,7 +83,7 @@ class FrameKind(StrEnum):
     ERROR = "e"  # payload: OpenAI error envelope; header carries the HTTP status
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReplyFrame:
     request_id: str
     seq: int
@@ -147,7 +153,7 @@ class ReplyFrame:
 _FRAME_KINDS = {kind.value: kind for kind in FrameKind}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -181,7 +187,7 @@ class Usage:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attempt:
     provider: str
     model: str
@@ -203,7 +209,7 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"  # the client went away; what was generated is billed
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CompletionEvent:
     VERSION: ClassVar[int] = 1
 
