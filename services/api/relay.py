@@ -179,15 +179,51 @@ async def relay_sse(
     return response, meta
 
 
-def cancel_upstream(redis: Redis, request_id: str) -> None:
-    """Tell the workers this request's client is gone (fire and forget)."""
-    task = asyncio.create_task(_publish_cancel(redis, request_id))
+def cancel_upstream(redis: Redis, request_id: str, deadline_ms: int) -> None:
+    """Tell the workers this request's client is gone, in the background.
+
+    The cancel is both published (workers listening now stop the job at once) and kept
+    as a mark until the job's deadline (a worker whose subscription was down when it was
+    published finds it when it subscribes again). While Redis is away the api keeps
+    trying until the deadline: the request that lost its reply channel in a Redis restart
+    is exactly the one whose cancel would otherwise be lost, leaving its worker to finish
+    and bill a whole answer the client never got.
+    """
+    task = asyncio.create_task(_publish_cancel(redis, request_id, deadline_ms))
     _background.add(task)
     task.add_done_callback(_background.discard)
 
 
-async def _publish_cancel(redis: Redis, request_id: str) -> None:
-    try:
-        await redis.publish(keys.CANCEL_CHANNEL, request_id)
-    except Exception as exc:  # noqa: BLE001 - best effort; the deadline still ends the job
-        log.warning("cancel_publish_failed", error=type(exc).__name__)
+CANCEL_RETRY_FIRST_S = 0.1
+CANCEL_RETRY_MAX_S = 1.0
+# Kept a little past the deadline: a worker checks marks up to its next heartbeat.
+_CANCEL_MARK_SLACK_MS = 60_000
+
+
+async def _publish_cancel(redis: Redis, request_id: str, deadline_ms: int) -> None:
+    delay_s = CANCEL_RETRY_FIRST_S
+    failures = 0
+    while True:
+        now_ms = time.time_ns() // 1_000_000
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.set(
+                    keys.cancel_mark(request_id),
+                    b"1",
+                    px=max(deadline_ms - now_ms, 0) + _CANCEL_MARK_SLACK_MS,
+                )
+                pipe.publish(keys.CANCEL_CHANNEL, request_id)
+                await pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - Redis away: retried until the deadline
+            failures += 1
+            if failures == 1:
+                log.warning("cancel_publish_failed", error=type(exc).__name__, retrying=True)
+            if now_ms + delay_s * 1000 >= deadline_ms:
+                log.warning("cancel_publish_abandoned", error=type(exc).__name__, tries=failures)
+                return
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, CANCEL_RETRY_MAX_S)
+            continue
+        if failures:
+            log.info("cancel_published", tries=failures + 1)
+        return

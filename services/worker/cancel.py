@@ -5,7 +5,13 @@ job only to watch for a rare cancel showed in profiles."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from shared.redis import keys
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 
 class CancelSignal:
@@ -32,3 +38,21 @@ class CancelSignal:
             callback()
         else:
             self._callbacks.append(callback)
+
+
+async def apply_cancel_marks(redis: Redis, jobs: Sequence[tuple[str, CancelSignal]]) -> int:
+    """Set the signal of each (request id, signal) whose request the api marked cancelled.
+
+    Pub/sub drops a cancel published while a worker was not subscribed (Redis restarting,
+    the worker reconnecting); the api also leaves a mark, which the worker reads on every
+    (re)subscription and heartbeat. One MGET for all jobs; returns how many were set.
+    """
+    if not jobs:
+        return 0
+    marks = await redis.mget([keys.cancel_mark(request_id) for request_id, _signal in jobs])
+    found = 0
+    for (_request_id, signal), mark in zip(jobs, marks, strict=True):
+        if mark is not None and not signal.is_set():
+            signal.set()
+            found += 1
+    return found

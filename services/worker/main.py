@@ -28,7 +28,7 @@ from redis.exceptions import ResponseError, TimeoutError as RedisTimeoutError
 
 from services.worker import upstream
 from services.worker.alerts import AlertSender
-from services.worker.cancel import CancelSignal
+from services.worker.cancel import CancelSignal, apply_cancel_marks
 from services.worker.fallback import RetryPolicy
 from services.worker.job import WorkerDeps, execute
 from services.worker.outbox import Outbox
@@ -45,6 +45,9 @@ from shared.redis.client import redis_client
 from shared.settings import Settings
 
 log = structlog.get_logger("worker")
+
+# After losing its cancel subscription the worker resubscribes within this, doubling to 1 s.
+CANCEL_RESUBSCRIBE_FIRST_S = 0.1
 
 
 @dataclass(slots=True)
@@ -243,19 +246,32 @@ class Worker:
         await self.redis.xack(keys.JOBS_STREAM, keys.JOBS_GROUP, entry_id)
 
     async def _listen_cancels(self, stop: asyncio.Event) -> None:
+        retry_s = CANCEL_RESUBSCRIBE_FIRST_S
         while not stop.is_set():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(keys.CANCEL_CHANNEL)
+                # Cancels published while this worker was not subscribed are lost to
+                # pub/sub; the marks the api leaves are not.
+                await self._apply_cancel_marks()
+                retry_s = CANCEL_RESUBSCRIBE_FIRST_S
                 async for message in pubsub.listen():
                     request_id = message["data"].decode()
                     for running in list(self.running.values()):
                         if running.request_id == request_id:
                             running.cancel.set()
             except (RedisConnectionError, RedisTimeoutError, OSError):
-                await asyncio.sleep(1.0)
+                # Back soon: a job whose client left during the outage is still running.
+                await asyncio.sleep(retry_s)
+                retry_s = min(retry_s * 2, 1.0)
             finally:
                 await pubsub.aclose()
+
+    async def _apply_cancel_marks(self) -> None:
+        jobs = [(r.request_id, r.cancel) for r in self.running.values() if not r.cancel.is_set()]
+        found = await apply_cancel_marks(self.redis, jobs)
+        if found:
+            log.info("jobs_cancelled_by_mark", jobs=found)
 
     async def _maintain(self, stop: asyncio.Event) -> None:
         """Heartbeat, keep own jobs fresh in the pending list, reclaim abandoned jobs."""
@@ -264,6 +280,7 @@ class Worker:
             try:
                 await self._heartbeat()
                 await self._reclaim()
+                await self._apply_cancel_marks()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("worker_maintenance_failed", error=str(exc))
             await asyncio.sleep(interval_s)

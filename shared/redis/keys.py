@@ -4,6 +4,8 @@
     gw:events               stream   workers -> billing (consumer group `billing`)
     gw:reply:{process}      pub/sub  worker -> the one api process waiting for the answer
     gw:cancel               pub/sub  api -> all workers: a client went away
+    gw:cancelled:{request}  string   the same, kept until the job's deadline: for a worker
+                                     that was not subscribed when it was published
     gw:rl:{subject}:{win}   string   request counter of one rate-limit window
     gw:bal:{user}           string   cached settled balance (nUSD), with TTL
     gw:balver:{user}        string   bumped by every settlement/credit; guards cache fills
@@ -41,6 +43,10 @@ EVENTS_STREAM_MAXLEN = 1_000_000
 
 def reply_channel(process_id: str) -> str:
     return f"gw:reply:{process_id}"
+
+
+def cancel_mark(request_id: str) -> str:
+    return f"gw:cancelled:{request_id}"
 
 
 def rate_limit(subject: str, window: int) -> str:

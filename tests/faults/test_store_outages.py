@@ -130,19 +130,13 @@ async def test_redis_restart_with_append_only(
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (reported): a non-streaming request answered 503 because the api lost its "
-        "reply subscription during a Redis restart is still served to the end by its "
-        "worker and billed as a full answer (the cancel publish fails while Redis is "
-        "down, and after the restart the worker sees the api's channel subscribed "
-        "again). A client that retries the 503 pays twice."
-    ),
-)
 async def test_request_refused_by_redis_restart_is_not_billed_as_answer(
     fstack: FaultStack, settled_audit: list[Seen]
 ) -> None:
+    """Non-streaming requests answered 503 because the api lost its reply channel in a
+    Redis restart are stopped, not served to the end and billed as whole answers: the
+    api keeps its cancel until Redis is back and leaves a mark the worker reads when it
+    subscribes again (the cancel itself is published while the worker is away)."""
     _user, key = await fstack.funded_user("50")
     slow = Mix(stream_fraction=0.0, slow_fraction=0.0)
     slow.prompt = lambda _rng, i: f"slow plain {i} [[fake:chunks=20,chunk_delay_ms=100]]"

@@ -103,7 +103,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         # A stream the api ended with an error (e.g. its worker died and another took the
         # job over) must stop upstream too, or the client pays for an answer it never got.
         if admitted is not None and (not finished or int(meta.get("status", 200)) >= 400):
-            cancel_upstream(app[REDIS], request_id)
+            cancel_upstream(app[REDIS], request_id, admitted.job.deadline_ms)
         # The request_finished line itself is logged by the metrics middleware.
         request_summary(request).update(
             chat_figures(
