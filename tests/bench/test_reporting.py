@@ -103,6 +103,21 @@ class TestBudgets:
         assert verdicts["good traffic loses < 10% of its S1 rate"].passed is None
         assert verdicts["good traffic loses < 10% of its S1 rate"].measured == "not measured"
 
+    def test_a_flood_short_of_ten_times_can_fail_but_not_pass(self) -> None:
+        budget = "good traffic loses < 10% of its S1 rate"
+
+        def s7(loss: float, ratio: float) -> budgets.Verdict:
+            data = results(rps=1600, added_p50=0.5, loss=loss, rss_mb=200)
+            data["S7"]["gateway"]["ratio_achieved"] = ratio
+            return {v.budget: v for v in budgets.check(data)}[budget]
+
+        assert s7(0.05, 10).passed is True
+        assert s7(0.05, 10).measured == "5.0% lost with 10× bad"
+        short = s7(0.05, 2.1)
+        assert short.passed is None and "fell short of 10×" in short.measured
+        assert s7(0.54, 2.1).passed is False
+        assert s7(0.54, 2.1).measured == "54.0% lost with 2.1× bad"
+
 
 class TestMarkdown:
     def test_the_table_shows_verdicts_and_differences(self) -> None:
