@@ -114,10 +114,24 @@ async def _run_until_signal(
     return 0
 
 
+# Ports free_port() has handed out in this process.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now, and never one this process handed out before.
+
+    Callers pick several ports before anything binds them (api, fake provider, metrics),
+    and the kernel may offer the same free port twice in a row: two services would then
+    be told to share it, and a health check could get its answer from the wrong one.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_for_port(port: int, timeout_s: float) -> bool:

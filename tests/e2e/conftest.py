@@ -142,10 +142,13 @@ def http(
 
 
 def _healthy(url: str) -> bool:
+    """The gateway's api answers healthy there (not some other server on that port: the
+    fake provider answers /health with 200 too)."""
     try:
-        return http("GET", url + "/health")[0] == 200
+        status, report = http("GET", url + "/health")
     except OSError:
         return False
+    return status == 200 and isinstance(report, dict) and "database" in report
 
 
 @contextlib.contextmanager
