@@ -140,6 +140,20 @@ async def snapshot(stack: FaultStack) -> Snapshot:
     return Snapshot(jobs, events, usage_rows, ledger_rows, holds)
 
 
+async def ledger_rows_after(stack: FaultStack, count: int) -> list[dict[str, Any]]:
+    """The ledger rows past the first `count`: what a failed 'nothing charged' check found."""
+    conn = await asyncpg.connect(stack.pg_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT id, user_id, kind, amount_nusd, idempotency_key, reason, created_at "
+            "FROM ledger_transactions ORDER BY id OFFSET $1",
+            count,
+        )
+    finally:
+        await conn.close()
+    return [dict(row) for row in rows]
+
+
 def count_inputs(statuses: list[int]) -> None:
     TALLY["bad_inputs"] += len(statuses)
     TALLY["five_xx"] += sum(1 for status in statuses if status >= 500)

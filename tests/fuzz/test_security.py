@@ -20,7 +20,13 @@ from services.api.app import create_app
 from shared.settings import Settings
 from tests.audit import wait_settled
 from tests.fakes.jwks import claims
-from tests.fuzz.conftest import JWT_SECRET, FuzzEnv, count_inputs, snapshot
+from tests.fuzz.conftest import (
+    JWT_SECRET,
+    FuzzEnv,
+    count_inputs,
+    ledger_rows_after,
+    snapshot,
+)
 from tests.oracles import validate_openai
 
 pytestmark = pytest.mark.timeout(120)
@@ -199,7 +205,9 @@ async def test_image_urls_on_loopback_are_never_fetched(fuzz_env: FuzzEnv) -> No
     after = await snapshot(stack)
     # The URL is checked by the worker (it resolves names), so a job ran and its usage
     # row records the refusal; but nothing was charged and no hold is left.
-    assert after.ledger_rows == before.ledger_rows
+    assert after.ledger_rows == before.ledger_rows, (
+        f"new ledger rows: {await ledger_rows_after(stack, before.ledger_rows)}"
+    )
     assert after.holds == {}
     debits = await stack.query(
         "SELECT count(*) FROM usage_records WHERE cost_nusd > 0 AND model_requested = $1",
