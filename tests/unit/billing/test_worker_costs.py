@@ -25,6 +25,7 @@ from fakeredis.aioredis import FakeRedis
 
 from services.worker import upstream
 from services.worker.cancel import CancelSignal
+from services.worker.publish import ReplyPublisher
 from services.worker.job import WorkerDeps, execute
 from services.worker.providers import REGISTRY
 from services.worker.routing import provider_access
@@ -303,3 +304,31 @@ async def test_a_crash_in_the_work_ends_the_job_with_an_error_frame(
     event, frames = await run(deps, job("hello", stream=False))
     assert event.outcome is Outcome.ERROR and event.cost_nusd == 0
     assert frames[-1].kind is FrameKind.ERROR and b"worker failed" in frames[-1].payload
+
+
+async def test_a_cancel_answering_the_error_frame_leaves_the_request_unbilled(
+    deps: WorkerDeps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The api cancels a job whose reply was an error. When that cancel lands while the
+    worker still awaits its error frame's PUBLISH, the job must stay an unbilled error; it
+    was billed as a cancellation (seen in the fuzz suite: a request refused 400 for a
+    loopback image URL debited 10,000 nUSD)."""
+    pubsub = deps.redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(keys.reply_channel("proc"))  # the api is there
+    cancel = CancelSignal()
+    finish = ReplyPublisher.finish
+
+    async def finish_then_cancelled(
+        self: ReplyPublisher, kind: FrameKind, payload: bytes, meta: dict[str, Any]
+    ) -> None:
+        await finish(self, kind, payload, meta)
+        if kind is FrameKind.ERROR:
+            cancel.set()  # the api's cancel, before the worker takes its next step
+            await asyncio.sleep(0)  # where the interrupted task would see it
+
+    monkeypatch.setattr(ReplyPublisher, "finish", finish_then_cancelled)
+    for stream in (False, True):
+        event = await execute(deps, job("fail please", stream=stream), cancel=cancel)
+        assert event.outcome is Outcome.ERROR and event.cost_nusd == 0, (stream, event)
+        cancel = CancelSignal()
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
