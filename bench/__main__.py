@@ -3,6 +3,7 @@
     python -m bench                      # everything, about 5 minutes
     python -m bench --scale 0.3          # shorter loads, for a quick look
     python -m bench --only S1,S3 --no-profile
+    python -m bench --only S2,F          # S2, and the design floor (bench/floor.py)
     python -m bench --db sqlite          # SQLite instead of a fresh PostgreSQL database
 
 Environment: BENCH_PG_ADMIN_DSN (default postgresql://postgres@127.0.0.1:5432/postgres)
@@ -28,7 +29,8 @@ from bench.procs import repin
 from bench.scenarios import Bench, Scale, chat_body
 from bench.stack import DEFAULT_PG_ADMIN_DSN, REPO, Stack, StackError, StackOptions
 
-ALL = ("S1", "S2", "S3", "S4", "S5", "S6", "S7")
+# F: the design floor (bench/floor.py), the required shape with none of the features.
+ALL = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "F")
 PROFILED = ("api", "worker", "billing")
 
 
@@ -112,6 +114,12 @@ def _headline(name: str, r: dict[str, Any]) -> str:
             return ", ".join(f"{k}: +{v['added_ms']['p50']:.2f} ms p50" for k, v in r.items())
         if name == "S6":
             return f"+{r['added_ms']['p50']:.2f}/+{r['added_ms']['p99']:.2f} ms p50/p99, {r['failed_calls_per_request']} failed calls/request"
+        if name == "F":
+            return (
+                f"{r['S1']['rps']:,.0f} req/s, S2 +{r['S2']['added_ms']['p50']:.2f} ms p50, "
+                f"S3 TTFT +{r['S3']['added_ttft_ms']['p50']:.2f} ms p50, "
+                f"S7 {r['S7']['good_loss']:.0%} lost"
+            )
         if name == "S7":
             return f"good {r['good_rps_under_flood']:,.0f} req/s (S1 {r['s1_gateway_rps']:,.0f}), bad {r['gateway']['bad']['rps']:,.0f} req/s"
     except (KeyError, TypeError):
@@ -161,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             if "S7" in wanted:
                 s1_rps = ((results.get("S1") or {}).get("gateway") or {}).get("rps", 0.0)
                 _run_scenario("S7", results, lambda: bench.s7_bad_key_flood(s1_rps))
+            if "F" in wanted:
+                _run_scenario("F", results, bench.floor)
             if not args.no_profile:
                 say("profiling S1 with py-spy ...")
                 profile = _profile(bench, stack, args.out, stamp, scale)

@@ -3,12 +3,16 @@
 These are benchmark verdicts, printed and recorded; they never fail a test suite. Each
 compares the gateway with the direct run of the same invocation where the budget is a
 difference, so a noisy machine moves both sides together.
+
+Where the run measured the design floor (scenario F, bench/floor.py), each verdict also
+says how the floor fares against the same budget: a budget the floor misses is out of
+reach of the gateway's own code on that machine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 MB = 1024 * 1024
@@ -20,6 +24,8 @@ class Verdict:
     budget: str
     measured: str
     passed: bool | None  # None: not measured in this run
+    floor: str = ""  # the design floor against the same budget; "" when not measured
+    floor_passed: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,13 +44,24 @@ def check(results: dict[str, Any]) -> list[Verdict]:
     verdicts: list[Verdict] = []
 
     def add(
-        scenario: str, budget: str, value: Any, ok: Any, fmt: str | Callable[[Any], str]
+        scenario: str,
+        budget: str,
+        value: Any,
+        ok: Callable[[Any], Any],
+        fmt: str | Callable[[Any], str],
+        floor: Any = None,
+        floor_fmt: str | Callable[[Any], str] | None = None,
     ) -> None:
+        def show(v: Any, f: str | Callable[[Any], str]) -> str:
+            return f(v) if callable(f) else f.format(v)
+
+        on_floor: dict[str, Any] = {}
+        if floor is not None:
+            on_floor = {"floor": show(floor, floor_fmt or fmt), "floor_passed": bool(ok(floor))}
         if value is None:
-            verdicts.append(Verdict(scenario, budget, "not measured", None))
+            verdicts.append(Verdict(scenario, budget, "not measured", None, **on_floor))
             return
-        shown = fmt(value) if callable(fmt) else fmt.format(value)
-        verdicts.append(Verdict(scenario, budget, shown, bool(ok(value))))
+        verdicts.append(Verdict(scenario, budget, show(value, fmt), bool(ok(value)), **on_floor))
 
     add(
         "S1",
@@ -52,9 +69,16 @@ def check(results: dict[str, Any]) -> list[Verdict]:
         _get(results, "S1", "gateway", "sustained_rps"),
         lambda v: v >= 1500,
         lambda v: f"{v:,.0f} req/s (answered {_get(results, 'S1', 'gateway', 'rps'):,.0f} req/s)",
+        _get(results, "F", "S1", "rps"),
+        "{:,.0f} req/s",
     )
     add(
-        "S1", "zero errors", _get(results, "S1", "gateway", "errors"), lambda v: v == 0, "{} errors"
+        "S1",
+        "zero errors",
+        _get(results, "S1", "gateway", "errors"),
+        lambda v: v == 0,
+        "{} errors",
+        _get(results, "F", "S1", "errors"),
     )
     add(
         "S2",
@@ -62,6 +86,7 @@ def check(results: dict[str, Any]) -> list[Verdict]:
         _get(results, "S2", "100rps", "added_ms", "p50"),
         lambda v: v <= 1.0,
         "{:+.2f} ms",
+        _get(results, "F", "S2", "added_ms", "p50"),
     )
     add(
         "S2",
@@ -69,6 +94,7 @@ def check(results: dict[str, Any]) -> list[Verdict]:
         _get(results, "S2", "100rps", "added_ms", "p99"),
         lambda v: v <= 5.0,
         "{:+.2f} ms",
+        _get(results, "F", "S2", "added_ms", "p99"),
     )
     add(
         "S3",
@@ -76,6 +102,7 @@ def check(results: dict[str, Any]) -> list[Verdict]:
         _get(results, "S3", "added_ttft_ms", "p50"),
         lambda v: v <= 3.0,
         "{:+.2f} ms",
+        _get(results, "F", "S3", "added_ttft_ms", "p50"),
     )
     add(
         "S3",
@@ -83,15 +110,23 @@ def check(results: dict[str, Any]) -> list[Verdict]:
         _get(results, "S3", "added_ttft_ms", "p99"),
         lambda v: v <= 15.0,
         "{:+.2f} ms",
+        _get(results, "F", "S3", "added_ttft_ms", "p99"),
     )
-    s3 = _get(results, "S3", "gateway")
-    fidelity = None if s3 is None else (s3["faithful"], s3["streams"], s3["errors"])
+
+    def fidelity(streams: dict[str, Any] | None) -> tuple[int, int, int] | None:
+        return (
+            None
+            if streams is None
+            else (streams["faithful"], streams["streams"], streams["errors"])
+        )
+
     add(
         "S3",
         "100% chunk fidelity",
-        fidelity,
+        fidelity(_get(results, "S3", "gateway")),
         lambda v: v[1] > 0 and v[0] == v[1] and v[2] == 0,
         "{0[0]}/{0[1]} streams complete and in order",
+        fidelity(_get(results, "F", "S3", "floor")),
     )
     rss = _get(results, "S4", "rss_after_s1_s3")
     total = None if rss is None else sum(rss.get(n, 0) for n in ("api", "worker", "billing"))
@@ -115,7 +150,12 @@ def check(results: dict[str, Any]) -> list[Verdict]:
         lambda v: v[0] == v[1] and v[2] == 0 and v[3] >= v[1],
         "{0[0]}/{0[1]} streams complete, {0[2]} errors, {0[3]} open at once",
     )
-    verdicts.append(_s7(results))
+    s7 = _s7(_get(results, "S7", "good_loss"), _get(results, "S7", "gateway", "ratio_achieved"))
+    floor_loss = _get(results, "F", "S7", "good_loss")
+    if floor_loss is not None:
+        floor = _s7(floor_loss, _get(results, "F", "S7", "floor", "ratio_achieved"))
+        s7 = replace(s7, floor=floor.measured, floor_passed=floor.passed)
+    verdicts.append(s7)
     return verdicts
 
 
@@ -123,14 +163,12 @@ def check(results: dict[str, Any]) -> list[Verdict]:
 S7_MIN_RATIO = 9.5
 
 
-def _s7(results: dict[str, Any]) -> Verdict:
+def _s7(loss: float | None, ratio: float | None) -> Verdict:
     """A flood short of its 10× (the load generator's connections all waiting on a
     saturated gateway) can show a failure but not a pass: more bad traffic only costs more."""
     budget = "good traffic loses < 10% of its S1 rate"
-    loss = _get(results, "S7", "good_loss")
     if loss is None:
         return Verdict("S7", budget, "not measured", None)
-    ratio = _get(results, "S7", "gateway", "ratio_achieved")
     shown = f"{loss:.1%} lost" + (f" with {ratio}× bad" if ratio is not None else "")
     if loss >= 0.10:
         return Verdict("S7", budget, shown, False)

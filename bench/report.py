@@ -7,7 +7,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,14 +118,20 @@ def markdown(run: dict[str, Any], verdicts: list[Verdict]) -> str:
         "## Budgets",
         "",
     ]
+    with_floor = any(v.floor for v in verdicts)
     lines += _table(
-        ["Scenario", "Budget", "Measured", "Result"],
+        ["Scenario", "Budget", "Measured", "Result", *(["Design floor"] if with_floor else [])],
         (
             [
                 v.scenario,
                 v.budget,
                 v.measured,
-                "PASS" if v.passed else ("FAIL" if v.passed is False else "n/a"),
+                _verdict(v.passed),
+                *(
+                    [f"{v.floor} {_verdict(v.floor_passed)}" if v.floor else ""]
+                    if with_floor
+                    else []
+                ),
             ]
             for v in verdicts
         ),
@@ -309,6 +315,8 @@ def markdown(run: dict[str, Any], verdicts: list[Verdict]) -> str:
                 ]
             )
     lines += _table(["Scenario", "Metric", "Direct", "Gateway", "Δ / ratio"], rows)
+    if r.get("F") and "error" not in r["F"]:
+        lines += _floor_section(r["F"], r)
 
     if s4:
         lines += ["", "## Memory (RSS, MB)", ""]
@@ -368,6 +376,119 @@ def markdown(run: dict[str, Any], verdicts: list[Verdict]) -> str:
     if prof:
         lines += _profile_section(prof)
     return "\n".join(lines) + "\n"
+
+
+def _verdict(passed: bool | None) -> str:
+    return "PASS" if passed else ("FAIL" if passed is False else "n/a")
+
+
+FLOOR_NOTE = (
+    "The design floor (`bench/floor.py`) is the required shape with none of the features: "
+    "an aiohttp edge that checks one key and queues the body on a Redis stream, a worker "
+    "that forwards it untouched over a pooled aiohttp session and publishes the answer on "
+    "the edge's pub/sub channel. No accounts, wallets, rate limits, validation, "
+    "translation, fallback, billing, logs or metrics. The proxy is that edge calling the "
+    "upstream itself, with no queue. Both run on the gateway's CPU with the same Redis "
+    "and fake upstream, in the same invocation (S2 and S3 with their own direct runs). "
+    "Proxy to floor is what the queue's hops cost; floor to gateway, what the features "
+    "cost. A budget the floor misses by far is beyond trimming the gateway's features."
+)
+
+
+def _cpu_split(per: dict[str, float], names: Sequence[str]) -> str:
+    parts = " + ".join(f"{n} {per.get(n, 0):,.0f}" for n in names)
+    return f"{per.get('gateway_total', 0):,.0f} ({parts})"
+
+
+def _floor_section(f: dict[str, Any], r: dict[str, Any]) -> list[str]:
+    """Proxy (no queue), floor (the shape, no features) and gateway, metric by metric."""
+    proxy = f.get("proxy") or {}
+    gateway = {
+        "S1": (r.get("S1") or {}).get("gateway") or {},
+        "S2": (r.get("S2") or {}).get("100rps") or {},
+        "S3": r.get("S3") or {},
+    }
+    runs = {"proxy": (proxy, "proxy"), "floor": (f, "floor"), "gateway": (gateway, "gateway")}
+    shares = {
+        "proxy": ("floor-proxy",),
+        "floor": ("floor-edge", "floor-worker", "redis"),
+        "gateway": ("api", "worker", "billing", "redis"),
+    }
+
+    def cells(value: Callable[[dict[str, Any], str], str]) -> list[str]:
+        out = []
+        for data, label in runs.values():
+            try:
+                out.append(value(data, label) if data else "–")
+            except (KeyError, TypeError):
+                out.append("–")
+        return out
+
+    rows: list[list[Any]] = [
+        ["S1 closed loop, 64 conns", "req/s", *cells(lambda d, _: f"{d['S1']['rps']:,.0f}")],
+        [
+            "S1",
+            "CPU per request (µs)",
+            *(
+                _cpu_split(data["S1"]["cpu_us_per_request"], shares[name]) if data else "–"
+                for name, (data, _) in runs.items()
+            ),
+        ],
+    ]
+    for q in ("p50", "p99"):
+        rows.append(
+            [
+                "S2 100 req/s",
+                f"added latency {q} ms",
+                *cells(lambda d, _, q=q: _delta(d["S2"]["added_ms"][q])),
+            ]
+        )
+    for q in ("p50", "p99"):
+        rows.append(
+            [
+                "S3 50 streams",
+                f"added TTFT {q} ms",
+                *cells(lambda d, _, q=q: _delta(d["S3"]["added_ttft_ms"][q])),
+            ]
+        )
+    rows.append(
+        [
+            "S3",
+            "CPU per stream (µs)",
+            *cells(lambda d, label: _num(d["S3"][label]["cpu_us_per_request"]["gateway_total"])),
+        ]
+    )
+    s7 = r.get("S7") or {}
+    flood = (f["S7"], s7)
+    rows.append(
+        [
+            "S7 10× bad-key flood",
+            "good traffic lost (bad/good reached)",
+            "–",
+            *(
+                f"{x['good_loss']:.0%} ({x[k]['ratio_achieved']}×)"
+                if x.get("good_loss") is not None
+                else "–"
+                for x, k in zip(flood, ("floor", "gateway"), strict=True)
+            ),
+        ]
+    )
+    alone = (s7.get("gateway_bad_keys_only") or {}).get("cpu_us_per_request", {})
+    rows.append(
+        [
+            "Bad keys alone, 32 conns",
+            "CPU per refusal (µs)",
+            "–",
+            f"{f['refusals']['cpu_us_per_request'].get('floor-edge', 0):,.0f} (edge)",
+            f"{alone['api']:,.0f} (api)" if alone.get("api") is not None else "–",
+        ]
+    )
+    lines = ["", "## Design floor", "", FLOOR_NOTE, ""]
+    return lines + _table(["Scenario", "Metric", "Proxy (no queue)", "Floor", "Gateway"], rows)
+
+
+def _num(value: Any) -> str:
+    return "–" if value is None else f"{value:,.0f}"
 
 
 def _profile_section(prof: dict[str, Any]) -> list[str]:

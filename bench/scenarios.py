@@ -17,7 +17,14 @@ from typing import Any
 
 from bench import loadgen
 from bench.procs import busy_share, cpu_jiffies
-from bench.stack import FAILOVER_MODEL, SERVICES, UPSTREAM_KEY, Stack, failover_model
+from bench.stack import (
+    FAILOVER_MODEL,
+    FLOOR_KEY,
+    SERVICES,
+    UPSTREAM_KEY,
+    Stack,
+    failover_model,
+)
 
 MODEL = "bench-model"
 BILLING_DRAIN_TIMEOUT_S = 180
@@ -61,6 +68,47 @@ def prompt_of(tokens: int) -> str:
     return "".join(text)
 
 
+def s1_load() -> dict[str, Any]:
+    return {"mode": "closed", "body": chat_body("Say hello."), "connections": 64, "warmup_s": 2}
+
+
+def s2_load(rate: int) -> dict[str, Any]:
+    return {"mode": "open", "body": chat_body("Say hello."), "rate": rate, "warmup_s": 1}
+
+
+def s3_load() -> dict[str, Any]:
+    return {
+        "mode": "stream",
+        "body": chat_body(STREAM_DIRECTIVE + " Tell me a story.", stream=True),
+        "connections": 50,
+        "warmup_s": 2,
+        "expect_chunks": STREAM_CHUNKS,
+    }
+
+
+def s7_load() -> dict[str, Any]:
+    return {
+        "mode": "flood",
+        "body": chat_body("Say hello."),
+        "connections": 64,
+        "warmup_s": 2,
+        "bad": {"ratio": 10, "max_inflight": 512},
+    }
+
+
+def refusal_load(duration_s: float, expect_status: list[int]) -> dict[str, Any]:
+    """Random invalid keys only: what one refusal costs, measured alone."""
+    return {
+        "mode": "closed",
+        "body": chat_body("Say hello."),
+        "connections": 32,
+        "warmup_s": 1,
+        "duration_s": duration_s,
+        "random_key": True,
+        "expect_status": expect_status,
+    }
+
+
 class Bench:
     """One run's scenarios against one stack."""
 
@@ -87,12 +135,17 @@ class Bench:
         }
 
     def measure(
-        self, spec: dict[str, Any], *, on_marker: Callable[[str], None] | None = None
+        self,
+        spec: dict[str, Any],
+        *,
+        on_marker: Callable[[str], None] | None = None,
+        charged: tuple[str, ...] = (*SERVICES, "redis"),
     ) -> dict[str, Any]:
         """Run one load, then wait until billing has settled every event it caused.
 
         Adds the CPU each process spent, in total and per request answered (warm-up
-        included, as the CPU time covers it), settlement included; how far billing was
+        included, as the CPU time covers it), settlement included, with `gateway_total` the
+        sum over the processes `charged` with serving the load; how far billing was
         behind when the load stopped; and the rate the run sustained once settling is
         counted (a gateway that answers faster than it can bill is not keeping up).
         """
@@ -112,7 +165,7 @@ class Bench:
         spent["loadgen"] = result.get("loadgen_cpu_ms", 0) / 1000
         result["cpu_s"] = {k: round(v, 3) for k, v in spent.items()}
         result["cpu_us_per_request"] = {k: round(v * 1e6 / n, 1) for k, v in spent.items()}
-        gateway_cpu = sum(spent.get(name, 0.0) for name in (*SERVICES, "redis"))
+        gateway_cpu = sum(spent.get(name, 0.0) for name in charged)
         result["cpu_us_per_request"]["gateway_total"] = round(gateway_cpu * 1e6 / n, 1)
         # Whether a CPU was the limit, and how much of it went to processes not ours (the
         # machine is shared): busy share of each CPU versus our processes' share of it.
@@ -150,7 +203,7 @@ class Bench:
     # -- S1 ----------------------------------------------------------------------------
 
     def s1_throughput(self) -> dict[str, Any]:
-        load = {"mode": "closed", "body": chat_body("Say hello."), "connections": 64, "warmup_s": 2}
+        load = s1_load()
         direct = self.measure(self.direct(**load, duration_s=self.scale(10)))
         gateway = self.measure(self.gateway(**load, duration_s=self.scale(15)))
         return {
@@ -165,7 +218,7 @@ class Bench:
     def s2_added_latency(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for rate in (100, 20):
-            load = {"mode": "open", "body": chat_body("Say hello."), "rate": rate, "warmup_s": 1}
+            load = s2_load(rate)
             direct = self.measure(self.direct(**load, duration_s=self.scale(15)))
             gateway = self.measure(self.gateway(**load, duration_s=self.scale(15)))
             out[f"{rate}rps"] = {
@@ -178,13 +231,7 @@ class Bench:
     # -- S3 ----------------------------------------------------------------------------
 
     def s3_streaming(self) -> dict[str, Any]:
-        load = {
-            "mode": "stream",
-            "body": chat_body(STREAM_DIRECTIVE + " Tell me a story.", stream=True),
-            "connections": 50,
-            "warmup_s": 2,
-            "expect_chunks": STREAM_CHUNKS,
-        }
+        load = s3_load()
         direct = self.measure(self.direct(**load, duration_s=self.scale(10)))
         gateway = self.measure(self.gateway(**load, duration_s=self.scale(10)))
         return {
@@ -276,28 +323,12 @@ class Bench:
     # -- S7 ----------------------------------------------------------------------------
 
     def s7_bad_key_flood(self, s1_gateway_rps: float) -> dict[str, Any]:
-        load = {
-            "mode": "flood",
-            "body": chat_body("Say hello."),
-            "connections": 64,
-            "warmup_s": 2,
-            "bad": {"ratio": 10, "max_inflight": 512},
-        }
+        load = s7_load()
         direct = self.measure(self.direct(**load, duration_s=self.scale(10)))
         gateway = self.measure(self.gateway(**load, duration_s=self.scale(10)))
         # What one refused key costs the gateway, measured alone.
-        bad_only = self.measure(
-            self.gateway(
-                mode="closed",
-                body=chat_body("Say hello."),
-                connections=32,
-                warmup_s=1,
-                duration_s=self.scale(5),
-                random_key=True,
-                # 401, or 429 once the api rations lookups of unknown keys.
-                expect_status=[401, 429],
-            )
-        )
+        # 401, or 429 once the api rations lookups of unknown keys.
+        bad_only = self.measure(self.gateway(**refusal_load(self.scale(5), [401, 429])))
         good_rps = gateway["good"]["rps"]
         return {
             "direct": direct,
@@ -307,6 +338,66 @@ class Bench:
             "good_rps_under_flood": good_rps,
             "good_loss": round(1 - good_rps / s1_gateway_rps, 3) if s1_gateway_rps else None,
         }
+
+    # -- the design floor --------------------------------------------------------------
+
+    def floor(self) -> dict[str, Any]:
+        """S1, S2 at 100 req/s, S3, S7 and lone refusals through bench/floor.py's floor
+        (the required shape with no features), and S1-S3 through its proxy (no queue), on
+        the gateway's CPU beside this run's gateway. S2 and S3 get their own direct runs,
+        each taken just before the proxy's and the floor's."""
+        floor_url, proxy_url = self.stack.start_floor()
+
+        def at(url: str, **spec: Any) -> dict[str, Any]:
+            return {
+                "url": f"{url}/v1/chat/completions",
+                "headers": {"authorization": f"Bearer {FLOOR_KEY}"},
+                **spec,
+            }
+
+        def measure(url: str, load: dict[str, Any], seconds: float) -> dict[str, Any]:
+            charged = (
+                ("floor-proxy",) if url == proxy_url else ("floor-edge", "floor-worker", "redis")
+            )
+            return self.measure(at(url, **load, duration_s=self.scale(seconds)), charged=charged)
+
+        out: dict[str, Any] = {"proxy": {}}
+        try:
+            for url in (floor_url, proxy_url):
+                for spec in (
+                    at(url, mode="closed", body=chat_body("warm up"), connections=4, duration_s=1),
+                    at(url, **{**s3_load(), "connections": 4, "warmup_s": 0, "duration_s": 1}),
+                ):
+                    loadgen.run(spec, cpu=self.cpu)
+            out["S1"] = measure(floor_url, s1_load(), 10)
+            out["proxy"]["S1"] = measure(proxy_url, s1_load(), 10)
+            for name, load, key, added in (
+                ("S2", s2_load(100), "latency_ms", "added_ms"),
+                ("S3", s3_load(), "ttft_ms", "added_ttft_ms"),
+            ):
+                direct = self.measure(self.direct(**load, duration_s=self.scale(10)))
+                for label, url, into in (
+                    ("proxy", proxy_url, out["proxy"]),
+                    ("floor", floor_url, out),
+                ):
+                    result = measure(url, load, 10)
+                    into[name] = {
+                        "direct": direct,
+                        label: result,
+                        added: _added(direct[key], result[key]),
+                    }
+            s7 = measure(floor_url, s7_load(), 10)
+            rps = out["S1"]["rps"]
+            out["S7"] = {
+                "floor": s7,
+                "good_loss": round(1 - s7["good"]["rps"] / rps, 3) if rps else None,
+            }
+            out["refusals"] = self.measure(
+                at(floor_url, **refusal_load(self.scale(5), [401])), charged=("floor-edge",)
+            )
+        finally:
+            self.stack.stop_floor()
+        return out
 
 
 class _RssSampler:

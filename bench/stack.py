@@ -39,6 +39,9 @@ REPO = Path(__file__).resolve().parent.parent
 NODE_DIR = Path(__file__).resolve().parent / "node"
 CATALOG = Path(__file__).resolve().parent / "catalog.yaml"
 SERVICES = ("api", "worker", "billing")
+# bench/floor.py: the design floor, and the proxy without a queue; up only while measured.
+FLOOR = ("floor-edge", "floor-worker", "floor-proxy")
+FLOOR_KEY = "bench-floor-key"
 UPSTREAM_KEY = "bench-upstream-key"
 DEFAULT_PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 WALLET_USD = "100000"
@@ -252,6 +255,38 @@ class Stack:
                 cwd=self.options.source,
             )
         self._wait_healthy()
+
+    def start_floor(self) -> tuple[str, str]:
+        """The design floor and the proxy (bench/floor.py) on the gateway's CPU, on this
+        run's Redis and fake upstream, from this checkout whatever `--source` says;
+        returns their URLs."""
+        port, proxy_port = free_port(), free_port()
+        upstream = ["--upstream", f"{self.fake_url}/v1/chat/completions"]
+        upstream += ["--upstream-key", UPSTREAM_KEY]
+        roles = {
+            "floor-worker": ["worker", "--redis", self.redis_url, *upstream],
+            "floor-edge": ["edge", "--redis", self.redis_url, "--port", str(port)],
+            "floor-proxy": ["proxy", "--port", str(proxy_port), *upstream],
+        }
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        for name, args in roles.items():
+            self.procs.start(
+                name,
+                [self.options.service_python, "-m", "bench.floor", *args, "--key", FLOOR_KEY],
+                env=env,
+                cpu=self.pinning.gateway_cpu,
+                cwd=REPO,
+            )
+        up = all(wait_for_port(p, 30) for p in (port, proxy_port))
+        if not up or not all(self.procs.alive(n) for n in FLOOR):
+            self.stop_floor()
+            raise StackError(f"the design floor did not start; see {self.log_dir}/floor-*.log")
+        return f"http://127.0.0.1:{port}", f"http://127.0.0.1:{proxy_port}"
+
+    def stop_floor(self) -> None:
+        self.procs.stop(FLOOR)
+        for name in FLOOR:  # so later CPU readings do not look up a finished process
+            self.procs.children.pop(name, None)
 
     def _cli(self, *args: str) -> str:
         done = subprocess.run(
