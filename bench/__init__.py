@@ -8,7 +8,8 @@ machine at the same moment. Modules:
     stack.py       PostgreSQL database, bundled Redis, fake upstream, the three services
     procs.py       pinned child processes; RSS and CPU time from /proc
     loadgen.py     drives node/loadgen.mjs (closed, open loop, streams, hold, flood)
-    scenarios.py   S1-S7
+    scenarios.py   S1-S7, and F: the same loads through the design floor
+    floor.py       the design floor: the required shape with none of the features
     budgets.py     the budgets, as PASS/FAIL verdicts
     profiling.py   py-spy flame graphs and function rankings during S1
     report.py      bench-results/<timestamp>.json and .md
