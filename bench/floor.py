@@ -4,9 +4,11 @@ An aiohttp edge checks one bearer key, queues each request on a Redis stream and
 for its answer on the one pub/sub channel its process subscribes to; a worker reads the
 stream in a consumer group, forwards the body untouched to the upstream over a pooled
 aiohttp session and publishes the answer, or each piece of a stream as it arrives. Same
-libraries as the gateway (aiohttp, redis-py with hiredis, uvloop, orjson), used as they
-come. No accounts, wallets, rate limits, validation, translation, fallback, billing,
-logs or metrics.
+libraries as the gateway (aiohttp, redis-py with hiredis, uvloop, orjson). Like the
+gateway's worker, it coalesces: what its jobs send while a flush is in flight goes out
+in the next one, one PUBLISH per edge and one XACK, so that the floor is not costlier
+than the gateway for want of batching. No accounts, wallets, rate limits, validation,
+translation, fallback, billing, logs or metrics.
 
 The proxy role is the same edge calling the upstream itself, with no queue: the
 difference between proxy and floor is what the queue's hops cost.
@@ -28,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import struct
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -39,8 +42,10 @@ from redis.exceptions import ResponseError
 
 JOBS = "floor:jobs"
 GROUP = "floor"
-# A reply message is the request id (32 hex bytes), one kind byte, then the payload.
+# A pub/sub message holds frames, each a 4-byte length then the frame; a frame is the
+# request id (32 hex bytes), one kind byte, then the payload.
 ID_LEN = 32
+_LENGTH = struct.Struct(">I")
 ANSWER = b"A"  # payload: b"<status> <body>", the whole answer
 CHUNK = b"C"  # payload: bytes of the upstream's event stream, relayed as they came
 END = b"E"  # the stream is over
@@ -88,9 +93,14 @@ class Edge:
             if message is None:
                 continue
             data: bytes = message["data"]
-            queue = self.waiting.get(data[:ID_LEN])
-            if queue is not None:
-                queue.put_nowait(data[ID_LEN:])
+            at = 0
+            while at < len(data):
+                (size,) = _LENGTH.unpack_from(data, at)
+                frame = data[at + 4 : at + 4 + size]
+                at += 4 + size
+                queue = self.waiting.get(frame[:ID_LEN])
+                if queue is not None:
+                    queue.put_nowait(frame[ID_LEN:])
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         admitted = await _admit(request, self.authorization)
@@ -129,6 +139,38 @@ class Edge:
         return response
 
 
+class Outbox:
+    """Frames and acks wait here while a flush is in flight; each flush is one round
+    trip: one PUBLISH per channel carrying all its frames, and one XACK."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.frames: dict[bytes, list[bytes]] = {}
+        self.acks: list[bytes] = []
+        self.wake = asyncio.Event()
+
+    def publish(self, channel: bytes, frame: bytes) -> None:
+        self.frames.setdefault(channel, []).extend((_LENGTH.pack(len(frame)), frame))
+        self.wake.set()
+
+    def ack(self, entry_id: bytes) -> None:
+        self.acks.append(entry_id)
+        self.wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            frames, self.frames = self.frames, {}
+            acks, self.acks = self.acks, []
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for channel, parts in frames.items():
+                    pipe.publish(channel, b"".join(parts))
+                if acks:
+                    pipe.xack(JOBS, GROUP, *acks)
+                await pipe.execute()
+
+
 class Worker:
     """The worker's part: a consumer group, one pooled session, one task per job."""
 
@@ -141,8 +183,16 @@ class Worker:
         self.headers = _upstream_headers(upstream_key)
         self.name = uuid.uuid4().hex
         self.tasks: set[asyncio.Task[None]] = set()
+        self.outbox = Outbox(redis)
 
     async def run(self) -> None:
+        flusher = asyncio.create_task(self.outbox.run())
+        try:
+            await self._read()
+        finally:
+            flusher.cancel()
+
+    async def _read(self) -> None:
         # From the stream's start: an edge may queue before the group exists.
         with contextlib.suppress(ResponseError):  # the group exists
             await self.redis.xgroup_create(JOBS, GROUP, id="0", mkstream=True)
@@ -158,23 +208,24 @@ class Worker:
 
     async def serve(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         request_id, channel = fields[b"id"], fields[b"reply"]
+        send = self.outbox.publish
         try:
             async with self.session.post(
                 self.upstream, data=fields[b"body"], headers=self.headers
             ) as response:
                 if fields[b"stream"] == b"1" and response.status == 200:
                     async for piece in response.content.iter_any():
-                        await self.redis.publish(channel, request_id + CHUNK + piece)
-                    await self.redis.publish(channel, request_id + END)
+                        send(channel, request_id + CHUNK + piece)
+                    send(channel, request_id + END)
                 else:
                     answer = await response.read()
                     head = request_id + ANSWER + str(response.status).encode() + b" "
-                    await self.redis.publish(channel, head + answer)
+                    send(channel, head + answer)
         except (ClientError, TimeoutError):
             failure = orjson.dumps({"error": {"message": "upstream failed", "type": "api_error"}})
-            await self.redis.publish(channel, request_id + ANSWER + b"502 " + failure)
+            send(channel, request_id + ANSWER + b"502 " + failure)
         finally:
-            await self.redis.xack(JOBS, GROUP, entry_id)
+            self.outbox.ack(entry_id)
 
 
 class Proxy:

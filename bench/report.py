@@ -408,7 +408,8 @@ def _floor_section(f: dict[str, Any], r: dict[str, Any]) -> list[str]:
         "S2": (r.get("S2") or {}).get("100rps") or {},
         "S3": r.get("S3") or {},
     }
-    runs = {"proxy": (proxy, "proxy"), "floor": (f, "floor"), "gateway": (gateway, "gateway")}
+    # Each run's results, by the name its S2/S3 entries file its own measurement under.
+    runs = {"proxy": proxy, "floor": f, "gateway": gateway}
     shares = {
         "proxy": ("floor-proxy",),
         "floor": ("floor-edge", "floor-worker", "redis"),
@@ -416,10 +417,11 @@ def _floor_section(f: dict[str, Any], r: dict[str, Any]) -> list[str]:
     }
 
     def cells(value: Callable[[dict[str, Any], str], str]) -> list[str]:
+        """One cell per run; "–" where this invocation did not measure it."""
         out = []
-        for data, label in runs.values():
+        for name, data in runs.items():
             try:
-                out.append(value(data, label) if data else "–")
+                out.append(value(data, name))
             except (KeyError, TypeError):
                 out.append("–")
         return out
@@ -429,10 +431,7 @@ def _floor_section(f: dict[str, Any], r: dict[str, Any]) -> list[str]:
         [
             "S1",
             "CPU per request (µs)",
-            *(
-                _cpu_split(data["S1"]["cpu_us_per_request"], shares[name]) if data else "–"
-                for name, (data, _) in runs.items()
-            ),
+            *cells(lambda d, name: _cpu_split(d["S1"]["cpu_us_per_request"], shares[name])),
         ],
     ]
     for q in ("p50", "p99"):

@@ -241,6 +241,13 @@ class TestMarkdown:
         )
         assert "| Bad keys alone, 32 conns | CPU per refusal (µs) | – | 54 (edge) | – |" in text
 
+    def test_a_floor_run_without_the_gateways_s1_leaves_those_cells_empty(self) -> None:
+        data = with_floor(results(rps=900, added_p50=1.5, loss=0.5, rss_mb=200))
+        del data["S1"], data["S7"]  # `--only S3,F`
+        text = report.markdown(run_of(data), budgets.check(data))
+        assert "| S1 closed loop, 64 conns | req/s | 4,800 | 2,400 | – |" in text
+        assert "| 420 (floor-edge 170 + floor-worker 210 + redis 40) | – |" in text
+
 
 class TestProfileSummary:
     def test_ranks_self_and_inclusive_time(self) -> None:
