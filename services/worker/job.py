@@ -131,10 +131,9 @@ async def execute(
 
     def interrupt(why: str) -> None:
         nonlocal reason
-        # A job that already has its error is only delivering it. The api cancels any
-        # request that ended in an error, so that cancel may arrive while the error frame
-        # is still being published; taken for a client that left, it would turn a refused
-        # request into a billed cancellation.
+        # A job that already has its error is only delivering it. A client that leaves
+        # (or an api that gives up on it) while the error frame is being published must
+        # not turn the refused request into a billed cancellation.
         if reason is None and not finished and state.error is None:
             reason = why
             task.cancel()

@@ -268,7 +268,7 @@ class Worker:
                 await pubsub.aclose()
 
     async def _apply_cancel_marks(self) -> None:
-        jobs = [(r.request_id, r.cancel) for r in self.running.values() if not r.cancel.is_set()]
+        jobs = [(r.request_id, r.cancel) for r in self.running.values()]
         found = await apply_cancel_marks(self.redis, jobs)
         if found:
             log.info("jobs_cancelled_by_mark", jobs=found)

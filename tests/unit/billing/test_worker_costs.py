@@ -309,10 +309,10 @@ async def test_a_crash_in_the_work_ends_the_job_with_an_error_frame(
 async def test_a_cancel_answering_the_error_frame_leaves_the_request_unbilled(
     deps: WorkerDeps, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The api cancels a job whose reply was an error. When that cancel lands while the
-    worker still awaits its error frame's PUBLISH, the job must stay an unbilled error; it
-    was billed as a cancellation (seen in the fuzz suite: a request refused 400 for a
-    loopback image URL debited 10,000 nUSD)."""
+    """A cancel that lands while the worker still awaits its error frame's PUBLISH (the
+    client left just then) must leave the job an unbilled error; it was billed as a
+    cancellation (seen in the fuzz suite, when the api still cancelled every request that
+    ended in an error: a request refused 400 for a loopback image URL debited 10,000 nUSD)."""
     pubsub = deps.redis.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(keys.reply_channel("proc"))  # the api is there
     cancel = CancelSignal()
