@@ -50,6 +50,28 @@ ANSWER = b"A"  # payload: b"<status> <body>", the whole answer
 CHUNK = b"C"  # payload: bytes of the upstream's event stream, relayed as they came
 END = b"E"  # the stream is over
 TIMEOUT_S = 60.0
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+ROLES = ("worker", "edge", "proxy")
+
+
+def commands(
+    python: str,
+    *,
+    redis_url: str,
+    upstream: str,
+    upstream_key: str,
+    key: str,
+    edge_port: int,
+    proxy_port: int,
+) -> dict[str, list[str]]:
+    """The command line of each role, worker first (the edge queues for it)."""
+    tail = ["--key", key, "--upstream", upstream, "--upstream-key", upstream_key]
+    args = {
+        "worker": ["--redis", redis_url],
+        "edge": ["--redis", redis_url, "--port", str(edge_port)],
+        "proxy": ["--port", str(proxy_port)],
+    }
+    return {role: [python, "-m", "bench.floor", role, *args[role], *tail] for role in ROLES}
 
 
 def _error(status: int, message: str, kind: str) -> web.Response:
@@ -128,9 +150,7 @@ class Edge:
         if message[:1] == ANSWER:
             status, _, answer = message[1:].partition(b" ")
             return web.Response(body=answer, status=int(status), content_type="application/json")
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
+        response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
         while message[:1] == CHUNK:
             await response.write(message[1:])
@@ -250,9 +270,7 @@ class Proxy:
                         status=answer.status,
                         content_type="application/json",
                     )
-                response = web.StreamResponse(
-                    headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-                )
+                response = web.StreamResponse(headers=_SSE_HEADERS)
                 await response.prepare(request)
                 async for piece in answer.content.iter_any():
                     await response.write(piece)
@@ -330,7 +348,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__)
-    parser.add_argument("role", choices=sorted(SERVE))
+    parser.add_argument("role", choices=ROLES)
     parser.add_argument("--redis", default="")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)

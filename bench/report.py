@@ -403,10 +403,13 @@ def _cpu_split(per: dict[str, float], names: Sequence[str]) -> str:
 def _floor_section(f: dict[str, Any], r: dict[str, Any]) -> list[str]:
     """Proxy (no queue), floor (the shape, no features) and gateway, metric by metric."""
     proxy = f.get("proxy") or {}
+    s7 = r.get("S7") or {}
     gateway = {
         "S1": (r.get("S1") or {}).get("gateway") or {},
         "S2": (r.get("S2") or {}).get("100rps") or {},
         "S3": r.get("S3") or {},
+        "S7": s7,
+        "refusals": s7.get("gateway_bad_keys_only") or {},
     }
     # Each run's results, by the name its S2/S3 entries file its own measurement under.
     runs = {"proxy": proxy, "floor": f, "gateway": gateway}
@@ -415,6 +418,7 @@ def _floor_section(f: dict[str, Any], r: dict[str, Any]) -> list[str]:
         "floor": ("floor-edge", "floor-worker", "redis"),
         "gateway": ("api", "worker", "billing", "redis"),
     }
+    refuser = {"floor": "floor-edge", "gateway": "api"}
 
     def cells(value: Callable[[dict[str, Any], str], str]) -> list[str]:
         """One cell per run; "–" where this invocation did not measure it."""
@@ -457,29 +461,24 @@ def _floor_section(f: dict[str, Any], r: dict[str, Any]) -> list[str]:
             *cells(lambda d, label: _num(d["S3"][label]["cpu_us_per_request"]["gateway_total"])),
         ]
     )
-    s7 = r.get("S7") or {}
-    flood = (f["S7"], s7)
     rows.append(
         [
             "S7 10× bad-key flood",
             "good traffic lost (bad/good reached)",
-            "–",
-            *(
-                f"{x['good_loss']:.0%} ({x[k]['ratio_achieved']}×)"
-                if x.get("good_loss") is not None
-                else "–"
-                for x, k in zip(flood, ("floor", "gateway"), strict=True)
+            *cells(
+                lambda d, name: f"{d['S7']['good_loss']:.0%} ({d['S7'][name]['ratio_achieved']}×)"
             ),
         ]
     )
-    alone = (s7.get("gateway_bad_keys_only") or {}).get("cpu_us_per_request", {})
     rows.append(
         [
             "Bad keys alone, 32 conns",
             "CPU per refusal (µs)",
-            "–",
-            f"{f['refusals']['cpu_us_per_request'].get('floor-edge', 0):,.0f} (edge)",
-            f"{alone['api']:,.0f} (api)" if alone.get("api") is not None else "–",
+            *cells(
+                lambda d, name: (
+                    f"{d['refusals']['cpu_us_per_request'][refuser[name]]:,.0f} ({refuser[name].removeprefix('floor-')})"
+                )
+            ),
         ]
     )
     lines = ["", "## Design floor", "", FLOOR_NOTE, ""]

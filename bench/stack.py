@@ -30,6 +30,7 @@ import asyncpg  # type: ignore[import-untyped]
 import redis as sync_redis
 import yaml
 
+from bench import floor
 from bench.procs import Pinning, Processes, cpu_seconds
 from services import embedded_redis
 from services.runner import free_port, wait_for_port
@@ -40,7 +41,7 @@ NODE_DIR = Path(__file__).resolve().parent / "node"
 CATALOG = Path(__file__).resolve().parent / "catalog.yaml"
 SERVICES = ("api", "worker", "billing")
 # bench/floor.py: the design floor, and the proxy without a queue; up only while measured.
-FLOOR = ("floor-edge", "floor-worker", "floor-proxy")
+FLOOR = tuple(f"floor-{role}" for role in floor.ROLES)
 FLOOR_KEY = "bench-floor-key"
 UPSTREAM_KEY = "bench-upstream-key"
 DEFAULT_PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -261,22 +262,18 @@ class Stack:
         run's Redis and fake upstream, from this checkout whatever `--source` says;
         returns their URLs."""
         port, proxy_port = free_port(), free_port()
-        upstream = ["--upstream", f"{self.fake_url}/v1/chat/completions"]
-        upstream += ["--upstream-key", UPSTREAM_KEY]
-        roles = {
-            "floor-worker": ["worker", "--redis", self.redis_url, *upstream],
-            "floor-edge": ["edge", "--redis", self.redis_url, "--port", str(port)],
-            "floor-proxy": ["proxy", "--port", str(proxy_port), *upstream],
-        }
+        roles = floor.commands(
+            self.options.service_python,
+            redis_url=self.redis_url,
+            upstream=f"{self.fake_url}/v1/chat/completions",
+            upstream_key=UPSTREAM_KEY,
+            key=FLOOR_KEY,
+            edge_port=port,
+            proxy_port=proxy_port,
+        )
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        for name, args in roles.items():
-            self.procs.start(
-                name,
-                [self.options.service_python, "-m", "bench.floor", *args, "--key", FLOOR_KEY],
-                env=env,
-                cpu=self.pinning.gateway_cpu,
-                cwd=REPO,
-            )
+        for role, argv in roles.items():
+            self.procs.start(f"floor-{role}", argv, env=env, cpu=self.pinning.gateway_cpu, cwd=REPO)
         up = all(wait_for_port(p, 30) for p in (port, proxy_port))
         if not up or not all(self.procs.alive(n) for n in FLOOR):
             self.stop_floor()

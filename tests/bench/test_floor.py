@@ -29,27 +29,26 @@ from tests.conftest import DEFAULT_TEST_REDIS_URL
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 
 KEY = "floor-test-key"
+REDIS_URL = os.environ.get("TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL)
 
 
 @pytest.fixture(scope="module")
 def floor_urls(fake_url: str) -> Iterator[dict[str, str]]:
-    redis_url = os.environ.get("TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL)
-    client = sync_redis.Redis.from_url(redis_url)
+    client = sync_redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     ports = {"edge": free_port(), "proxy": free_port()}
-    upstream = ["--upstream", f"{fake_url}/v1/chat/completions", "--upstream-key", "upstream-key"]
-    roles = (
-        ["worker", "--redis", redis_url, *upstream],
-        ["edge", "--redis", redis_url, "--port", str(ports["edge"]), "--key", KEY],
-        ["proxy", "--port", str(ports["proxy"]), "--key", KEY, *upstream],
+    roles = floor.commands(
+        sys.executable,
+        redis_url=REDIS_URL,
+        upstream=f"{fake_url}/v1/chat/completions",
+        upstream_key="upstream-key",
+        key=KEY,
+        edge_port=ports["edge"],
+        proxy_port=ports["proxy"],
     )
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "bench.floor", *role],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        for role in roles
+        subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        for argv in roles.values()
     ]
     try:
         for port in ports.values():
@@ -108,7 +107,7 @@ def test_the_worker_acknowledges_every_job(floor_urls: dict[str, str]) -> None:
         assert (
             post(floor_urls["edge"], chat_body("hi"), {"authorization": f"Bearer {KEY}"})[0] == 200
         )
-    client = sync_redis.Redis.from_url(os.environ.get("TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL))
+    client = sync_redis.Redis.from_url(REDIS_URL)
     try:
         assert client.xlen(floor.JOBS) >= 3
         # The worker acknowledges right after it publishes, so just after the client
